@@ -1,0 +1,54 @@
+"""clustermgr: start workers on any cluster and drive them from one master.
+
+The public API, re-exported from the modules that implement it::
+
+    from clustermgr import addprocs, pmap, remotecall_fetch
+    addprocs(4)
+    pmap(lambda x: x * x, range(10))
+"""
+
+__version__ = "0.1.0"
+
+from .cluster import (  # noqa: E402
+    addprocs,
+    configure,
+    everywhere,
+    interrupt,
+    myid,
+    nprocs,
+    nworkers,
+    procs,
+    rmprocs,
+    shutdown,
+    workers,
+)
+from .errors import (  # noqa: E402
+    AuthError,
+    ChannelClosedError,
+    ClusterError,
+    LaunchError,
+    ProcessExitedError,
+    RemoteError,
+    TopologyError,
+)
+from .pmap import pmap, preduce  # noqa: E402
+from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
+from .remote import (  # noqa: E402
+    Future,
+    RemoteChannel,
+    fetch,
+    remote_do,
+    remotecall,
+    remotecall_fetch,
+    remotecall_wait,
+    spawnat,
+)
+
+__all__ = [
+    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "Future", "LaunchError",
+    "ProcessExitedError", "RemoteChannel", "RemoteError", "TopologyError", "WorkerPool",
+    "addprocs", "configure", "default_worker_pool", "everywhere", "fetch", "interrupt",
+    "myid", "nprocs", "nworkers", "pmap", "preduce", "procs", "remote", "remote_do",
+    "remotecall", "remotecall_fetch", "remotecall_wait", "rmprocs", "shutdown", "spawnat",
+    "workers",
+]

@@ -1,0 +1,80 @@
+"""The ``clustermgr`` command.
+
+``clustermgr demo`` starts a local cluster and runs a real parallel job through ``pmap``;
+``clustermgr worker`` is ``python -m clustermgr.worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections import Counter
+
+
+def _count_primes(bounds: tuple[int, int]) -> tuple[int, int, str, int]:
+    """Primes in [lo, hi) by trial division: real CPU work for the demo."""
+    from clustermgr import myid
+
+    lo, hi = bounds
+    count = 0
+    for n in range(max(lo, 2), hi):
+        if all(n % d for d in range(2, int(n ** 0.5) + 1)):
+            count += 1
+    return count, myid(), socket.gethostname(), os.getpid()
+
+
+def demo(args: argparse.Namespace) -> int:
+    import clustermgr as cm
+
+    t0 = time.perf_counter()
+    ids = cm.addprocs(args.workers)
+    t_start = time.perf_counter() - t0
+    print(f"started {len(ids)} local workers {ids} in {t_start:.2f} s")
+    chunks = [(lo, lo + args.chunk) for lo in range(0, args.limit, args.chunk)]
+    t1 = time.perf_counter()
+    results = cm.pmap(_count_primes, chunks, progress=not args.no_progress)
+    t_map = time.perf_counter() - t1
+    total = sum(r[0] for r in results)
+    where = Counter((r[1], r[2], r[3]) for r in results)
+    print(f"{total} primes below {args.limit:,}: {len(chunks)} chunks in {t_map:.2f} s")
+    print("what ran where:")
+    for (wid, host, pid), n in sorted(where.items()):
+        print(f"  worker {wid:>3} on {host} (pid {pid}): {n} chunks")
+    t2 = time.perf_counter()
+    cm.rmprocs(ids)
+    print(f"removed the workers in {time.perf_counter() - t2:.2f} s; "
+          f"total {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clustermgr", description="Start and drive workers on any cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="start a local cluster and run a parallel job through pmap")
+    p.add_argument("-n", "--workers", type=int, default=None,
+                   help="number of local workers (default: one per CPU)")
+    p.add_argument("--limit", type=int, default=400_000, help="count primes below this")
+    p.add_argument("--chunk", type=int, default=10_000, help="numbers per task")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=demo)
+    w = sub.add_parser("worker", help="join a master (same as python -m clustermgr.worker)",
+                       add_help=False)
+    w.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        from .worker.__main__ import main as worker_main
+
+        return worker_main(argv[1:], prog="clustermgr worker")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

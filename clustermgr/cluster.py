@@ -1,0 +1,362 @@
+"""The process group: addprocs, rmprocs, workers, myid, interrupt, everywhere.
+
+The master node is created on first use (it binds its port then) and torn down at
+interpreter exit or by :func:`shutdown`, which removes every worker it started.  On a
+worker these functions answer from the worker's view of the cluster; adding and removing
+workers is the master's job.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import ClusterError, LaunchError
+from .managers.base import ClusterManager, LaunchSpec, ManageOp
+from .managers.local import LocalManager
+from .master import Launch, MasterNode
+from .protocol import Kind, pack_header
+from .remote import remotecall
+from .settings import Settings
+from .transport import Node, current_node, set_current_node
+
+TOPOLOGIES = ("all_to_all", "master_worker", "custom")
+_lock = threading.RLock()
+_settings = Settings()
+_managers: list[ClusterManager] = []
+_atexit_registered = False
+
+
+def node() -> Node:
+    """This process's node, creating the master's on first use."""
+    global _atexit_registered
+    existing = current_node()
+    if existing is not None:
+        return existing
+    with _lock:
+        if current_node() is None:
+            master = MasterNode(_settings)
+            _settings._frozen = True
+            master.start()
+            set_current_node(master)
+            if not _atexit_registered:
+                atexit.register(shutdown)
+                _atexit_registered = True
+        return current_node()  # type: ignore[return-value]
+
+
+def master() -> MasterNode:
+    n = node()
+    if not isinstance(n, MasterNode):
+        raise ClusterError("only the master (process 1) can add or remove workers")
+    return n
+
+
+def configure(**settings: Any) -> None:
+    """Change cluster settings (see ``clustermgr.settings.Settings``): heartbeat_interval,
+    heartbeat_timeout, master_grace, output, bind, port, shutdown_timeout."""
+    _settings.update(**settings)
+
+
+@dataclass
+class AddprocsOptions:
+    """The keywords of ``addprocs``; unknown ones are rejected with this list."""
+
+    topology: str = "all_to_all"
+    lazy: bool = True
+    dir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
+    exeflags: Sequence[str] | str = ()
+    enable_threaded_blas: bool = False
+    timeout: float = 60.0
+
+    @classmethod
+    def parse(cls, kwargs: dict[str, Any]) -> "AddprocsOptions":
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"addprocs() got unknown keyword(s) {unknown}; valid keywords: "
+                            f"{names}. Manager options go to the manager, e.g. "
+                            "addprocs(LocalManager(4, ...))")
+        opts = cls(**kwargs)
+        if opts.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, not {opts.topology!r}")
+        if not (isinstance(opts.timeout, (int, float)) and opts.timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, not {opts.timeout!r}")
+        if opts.dir is not None and not os.path.isdir(opts.dir):
+            raise ValueError(f"dir={opts.dir!r} is not a directory")
+        if isinstance(opts.exeflags, str):
+            opts.exeflags = shlex.split(opts.exeflags)
+        return opts
+
+
+def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) -> list[int]:
+    """Start workers and return their ids once all have joined.
+
+    ``addprocs(4)`` starts 4 local workers; ``addprocs()`` one per CPU this process may
+    use; ``addprocs(manager)`` uses any ``ClusterManager``.  Workers are usable as each
+    joins (call ``addprocs`` in a thread to start working before the slowest arrives).
+    Raises ``LaunchError`` naming the workers that failed (``.joined`` lists those that did
+    join; they stay).  Keywords: see ``AddprocsOptions``.
+    """
+    opts = AddprocsOptions.parse(kwargs)
+    manager = _manager_for(n_or_manager)
+    m = master()
+    _set_topology(m, opts.topology)
+    with _lock:
+        if manager not in _managers:
+            _managers.append(manager)
+    launches: list[Launch] = []
+
+    def expect(launch_id: str) -> None:
+        with m.joined:
+            m.launches[launch_id] = launch = Launch(None, manager, time.monotonic())
+            launches.append(launch)
+
+    spec = LaunchSpec(m.address, m.secret, opts.dir or os.getcwd(), dict(opts.env),
+                      opts.python or sys.executable, list(opts.exeflags),
+                      opts.enable_threaded_blas, m.on_process_exit, expect)
+    try:
+        for handle in manager.launch(spec):
+            _attach_handle(m, manager, handle)
+    except Exception as exc:
+        _abandon(m, launches)
+        raise LaunchError(f"{manager!r} failed to launch workers: {exc}",
+                          joined=[l.wid for l in launches if l.wid]) from exc
+    joined = _await_joins(m, launches, opts.timeout)
+    if not opts.lazy and opts.topology == "all_to_all":
+        _verify_routes(joined)
+    return joined
+
+
+def _manager_for(n_or_manager: Any) -> ClusterManager:
+    if isinstance(n_or_manager, ClusterManager):
+        return n_or_manager
+    if n_or_manager is None or (isinstance(n_or_manager, int) and not isinstance(n_or_manager, bool)):
+        return LocalManager(n_or_manager)
+    raise TypeError(f"addprocs takes a number of workers or a ClusterManager, not {n_or_manager!r}")
+
+
+def _set_topology(m: MasterNode, topology: str) -> None:
+    if m.live_ids() and m.topology != topology:
+        raise ValueError(f"the cluster already runs with topology {m.topology!r}; remove its "
+                         f"workers before switching to {topology!r}")
+    m.topology = topology
+
+
+def _attach_handle(m: MasterNode, manager: ClusterManager, handle: Any) -> None:
+    with m.joined:
+        launch = m.launches.get(handle.launch_id)
+        if launch is None:  # a manager that did not call spec.environment()
+            launch = m.launches[handle.launch_id] = Launch(None, manager, time.monotonic())
+        launch.handle = handle
+        launch.started = time.monotonic()
+        if launch.wid:
+            m.call_soon(lambda: m._notify_manager(launch, ManageOp.REGISTER, launch.wid))
+
+
+def _await_joins(m: MasterNode, launches: list[Launch], timeout: float) -> list[int]:
+    with m.joined:
+        while True:
+            now = time.monotonic()
+            for launch in launches:
+                if not launch.wid and not launch.error and now - launch.started > timeout:
+                    launch.error = f"did not join within timeout={timeout} s"
+            waiting = [l for l in launches if not l.wid and not l.error]
+            if not waiting:
+                break
+            m.joined.wait(min(l.started + timeout for l in waiting) - now)
+    failed = [l for l in launches if l.error]
+    joined = sorted(l.wid for l in launches if l.wid)
+    if failed:
+        _abandon(m, failed)
+        lines = "\n".join(f"  - {_describe(l)}: {l.error}" for l in failed)
+        raise LaunchError(f"{len(failed)} of {len(launches)} workers failed to start:\n{lines}",
+                          joined=joined)
+    return joined
+
+
+def _describe(launch: Launch) -> str:
+    handle = launch.handle
+    return f"worker {handle.launch_id} on {handle.host}" if handle else "a worker"
+
+
+def _abandon(m: MasterNode, launches: Iterable[Launch]) -> None:
+    """Kill workers that failed to join (they may still be starting)."""
+    with m.joined:
+        for launch in launches:
+            launch.error = launch.error or "abandoned"
+    for launch in launches:
+        if launch.handle is not None and not launch.wid:
+            launch.manager.kill(launch.handle, 0.0)
+
+
+def _verify_routes(ids: list[int]) -> None:
+    peers = workers()
+    for fut in [remotecall(_ping_all, w, peers) for w in ids]:
+        fut.fetch(60.0)
+
+
+def _ping_all(peers: list[int]) -> None:
+    for fut in [remotecall(myid, p) for p in peers if p != myid()]:
+        fut.fetch(60.0)
+
+
+def rmprocs(*ids: int | Iterable[int], waitfor: float = 10.0) -> None:
+    """Remove workers: ask each to exit, wait up to *waitfor* seconds, then kill the rest.
+
+    Their outstanding calls fail with ``ProcessExitedError`` ("removed by rmprocs").
+    """
+    m = master()
+    targets = [_worker_for_removal(m, wid) for wid in _flatten(ids)]
+    targets = [w for w in targets if w is not None]
+
+    def ask() -> None:
+        for w in targets:
+            if w.state == "up":
+                w.state = "removing"
+                m._send_raw(w.identity, [pack_header(Kind.SHUTDOWN, 0, 1, w.id), b""])
+
+    m.call_soon(ask)
+    deadline = time.monotonic() + waitfor
+    for w in targets:
+        w.gone.wait(max(0.0, deadline - time.monotonic()))
+    _finish_removal(m, targets)
+
+
+def _finish_removal(m: MasterNode, targets: list) -> None:
+    killers = [threading.Thread(target=w.launch.manager.kill, args=(w.launch.handle, 0.0))
+               for w in targets if w.launch is not None and w.launch.handle is not None]
+    for t in killers:
+        t.start()
+    for t in killers:
+        t.join()
+    for w in targets:
+        if w.launch is not None:
+            w.gone.wait(5.0)  # the manager's exit report follows the kill
+        m.call_soon(lambda w=w: m.declare_dead(w.id, "removed by rmprocs", exited=True))
+        if w.launch is not None and w.launch.handle is not None:
+            w.launch.manager.manage(w.launch.handle, ManageOp.FINALIZE, w.id)
+    for w in targets:
+        w.gone.wait(5.0)
+
+
+def _worker_for_removal(m: MasterNode, wid: Any) -> Any:
+    if isinstance(wid, bool) or not isinstance(wid, int):
+        raise TypeError(f"rmprocs takes worker ids (ints), not {wid!r}")
+    if wid == 1:
+        raise ValueError("the master (process 1) cannot be removed; call shutdown() instead")
+    w = m.workers.get(wid)
+    if w is None:
+        raise ValueError(f"there is no worker {wid}; the workers are {m.live_ids()}")
+    return None if w.state == "dead" and w.gone.is_set() else w
+
+
+def _flatten(ids: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in ids:
+        if isinstance(item, (list, tuple, set, frozenset, range)):
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
+
+
+def workers() -> list[int]:
+    """Worker ids; ``[1]`` when there are none (the master then does the work itself)."""
+    n = current_node()
+    if n is None:
+        return [1]
+    ids = n.live_ids() if isinstance(n, MasterNode) else list(n.members)
+    return ids or [1]
+
+
+def procs() -> list[int]:
+    """The master and every worker."""
+    ids = workers()
+    return ids if ids == [1] else [1, *ids]
+
+
+def nprocs() -> int:
+    return len(procs())
+
+
+def nworkers() -> int:
+    """Number of workers (1 when there are none: the master counts, as in Julia)."""
+    return len(workers())
+
+
+def myid() -> int:
+    """This process's id: 1 on the master, 2.. on workers."""
+    n = current_node()
+    return 1 if n is None else n.myid
+
+
+def interrupt(ids: int | Iterable[int] | None = None) -> None:
+    """Interrupt the task running on each of *ids* (default: all workers).  The task's
+    caller gets a ``RemoteError`` wrapping ``KeyboardInterrupt``; the worker stays."""
+    m = master()
+    targets = m.live_ids() if ids is None else _flatten([ids])
+    for wid in targets:
+        m.check_target(wid)
+    for wid in targets:
+        m.send_msg(Kind.INTERRUPT, wid)
+        w = m.workers[wid]
+        if w.launch is not None and w.launch.handle is not None:
+            m._notify_manager(w.launch, ManageOp.INTERRUPT, wid)
+
+
+def everywhere(fn_or_source: Callable | str, *args: Any, procs: Iterable[int] | None = None,
+               timeout: float | None = None) -> list[Any]:
+    """Run on many processes and return their results, in the order of *procs*.
+
+    A callable runs ``fn(*args)`` on every worker by default.  A string of source runs in
+    ``__main__`` of every process, *master included* (as Julia's ``@everywhere``), so the
+    names it defines can be used in code the master sends.
+    """
+    if isinstance(fn_or_source, str):
+        if args:
+            raise TypeError("everywhere(source) takes no arguments; put them in the source")
+        targets = list(procs) if procs is not None else _all_procs()
+        futs = [remotecall(_exec_in_main, p, fn_or_source) for p in targets]
+    elif callable(fn_or_source):
+        targets = list(procs) if procs is not None else workers()
+        futs = [remotecall(fn_or_source, p, *args) for p in targets]
+    else:
+        raise TypeError(f"everywhere takes a callable or a string of source, not {fn_or_source!r}")
+    return [f.fetch(timeout) for f in futs]
+
+
+def _all_procs() -> list[int]:
+    return procs()
+
+
+def _exec_in_main(source: str) -> None:
+    import __main__
+
+    exec(compile(source, "<everywhere>", "exec"), __main__.__dict__)
+
+
+def shutdown() -> None:
+    """Remove every worker, close every manager, stop the master's node.  Runs at exit;
+    a later ``addprocs`` starts a new master."""
+    n = current_node()
+    if not isinstance(n, MasterNode):
+        return
+    ids = n.live_ids()
+    if ids:
+        rmprocs(ids, waitfor=_settings.shutdown_timeout)
+    with _lock:
+        managers, _managers[:] = list(_managers), []
+    for manager in managers:
+        manager.close()
+    n.shutdown_io()
+    set_current_node(None)
+    _settings._frozen = False

@@ -1,0 +1,102 @@
+"""The exception hierarchy.
+
+Every error the runtime raises on purpose derives from :class:`ClusterError`, so one
+``except ClusterError`` catches them all.  Errors raised by *user code* on a worker reach the
+caller as :class:`RemoteError`, with the original exception as ``__cause__`` (and, below it,
+the remote traceback as text), the way ``concurrent.futures`` reports errors from its pools.
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Root of every error clustermgr raises on purpose."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised in another process.
+
+    Attached as ``__cause__`` of the re-raised original exception so that printing the
+    error shows where it happened on the worker.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(ClusterError):
+    """User code raised on worker ``worker_id``.
+
+    ``__cause__`` is the original exception (or a stand-in when it could not be sent back),
+    whose own ``__cause__`` is a :class:`RemoteTraceback` with the remote traceback text.
+    """
+
+    def __init__(self, worker_id: int, message: str) -> None:
+        super().__init__(worker_id, message)
+        self.worker_id = worker_id
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"on worker {self.worker_id}: {self.message}"
+
+    def __reduce__(self):  # keep __cause__ chains intact across processes
+        return (_rebuild_remote_error, (self.worker_id, self.message, self.__cause__))
+
+
+def _rebuild_remote_error(worker_id: int, message: str, cause: BaseException | None) -> RemoteError:
+    err = RemoteError(worker_id, message)
+    err.__cause__ = cause
+    return err
+
+
+class ProcessExitedError(ClusterError):
+    """The worker that held a call is gone.
+
+    ``worker_id`` names it; ``cause`` says what the runtime or its manager knows (exit
+    code, signal, missed heartbeats, scheduler state); ``log_tail`` holds the last lines of
+    its log when the manager keeps one.
+    """
+
+    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "") -> None:
+        super().__init__(worker_id, cause, log_tail)
+        self.worker_id = worker_id
+        self.cause = cause
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        text = f"worker {self.worker_id} exited: {self.cause}"
+        if self.log_tail:
+            text += "\n--- last lines of its log ---\n" + self.log_tail.rstrip()
+        return text
+
+
+class LaunchError(ClusterError):
+    """Workers could not be started or did not join in time.
+
+    ``joined`` lists the ids of workers of the same ``addprocs`` call that did join; they
+    stay in the cluster and usable.
+    """
+
+    def __init__(self, message: str, joined: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.joined = list(joined or [])
+
+
+class AuthError(ClusterError):
+    """A peer could not prove it holds the cluster secret, or its versions do not match."""
+
+
+class ProtocolError(ClusterError):
+    """A frame on the wire is malformed; the message is dropped, the connection kept."""
+
+
+class TopologyError(ClusterError):
+    """The cluster's topology forbids this call (e.g. worker to worker under "master_worker")."""
+
+
+class ChannelClosedError(ClusterError):
+    """``put`` on a closed RemoteChannel, or ``take``/``fetch`` on a closed, empty one."""

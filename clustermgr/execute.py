@@ -1,0 +1,73 @@
+"""Running one CALL where it arrives, and answering it.
+
+Called by the worker's main thread for every task (and by the master's call pool for calls
+addressed to the master).  Whatever user code does (raise, return something unpicklable,
+send a body that cannot be unpickled here), the caller gets exactly one answer.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import serialize
+from .errors import ClusterError
+from .protocol import Flag, Header, Kind, pack_header
+from .remote import error_frames
+
+if TYPE_CHECKING:
+    from .transport import Node
+
+
+def execute(node: "Node", hdr: Header, frames: list) -> None:
+    want_reply = bool(hdr.flags & Flag.WANT_VALUE)
+    try:
+        f, args, kwargs = _decode_call(frames)
+        value = f(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every outcome is reported
+        if not want_reply:
+            _print_unreported(node, exc)
+            return
+        out, flags = error_frames(node.myid, exc), Flag.ERROR
+    else:
+        if not want_reply:
+            return
+        out, flags = _encode_value(node, value)
+    node.send([pack_header(Kind.RESULT, flags, node.myid, hdr.src, 0, hdr.id), *out])
+
+
+def run_local(node: "Node", fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
+    """A call a process makes to itself: no serialization, same error shape."""
+    try:
+        value = f(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001
+        if fut is None:
+            _print_unreported(node, exc)
+        else:
+            fut._set_exception(serialize.loads(error_frames(node.myid, exc)).to_exception())
+        return
+    if fut is not None:
+        fut._set_value(value)
+
+
+def _decode_call(frames: list) -> tuple[Callable, tuple, dict]:
+    try:
+        return serialize.loads(frames[1:])
+    except Exception as exc:  # noqa: BLE001
+        raise ClusterError(f"the call could not be deserialized on this worker: {exc!r} "
+                           "(is the module that defines it importable here?)") from exc
+
+
+def _encode_value(node: "Node", value: Any) -> tuple[list, int]:
+    try:
+        return serialize.dumps(value), Flag.NONE
+    except Exception as exc:  # noqa: BLE001
+        err = ClusterError(f"the result ({type(value).__qualname__}) could not be pickled: {exc!r}")
+        err.__cause__ = exc
+        return error_frames(node.myid, err), Flag.ERROR
+
+
+def _print_unreported(node: "Node", exc: BaseException) -> None:
+    print(f"remote_do on process {node.myid} raised:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)

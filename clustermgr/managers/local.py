@@ -1,0 +1,181 @@
+"""LocalManager: workers as subprocesses of the master on this host.
+
+Each worker runs in its own session (so a Ctrl-C in the master's terminal does not reach
+it), with stdin closed and its file-level stdout/stderr in a log file; Python-level output
+is forwarded to the master by the worker itself.  One watcher thread learns of every exit
+at once through pidfds and reports it with the exit code or signal and the log's tail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .base import ClusterManager, LaunchSpec, WorkerHandle
+
+
+@dataclass
+class LocalHandle(WorkerHandle):
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    log_path: str = ""
+    index: int = 0
+
+
+def describe_exit(code: int | None) -> str:
+    """'exited with code 1' / 'killed by signal SIGKILL (9)'."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "signal"
+        return f"killed by signal {name} ({-code})"
+    return f"exited with code {code}"
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+class LocalManager(ClusterManager):
+    """Start *np* workers on this host (``np=None``: one per CPU this process may use).
+
+    ``peers`` (only with ``topology="custom"``): ``{i: {j, ...}}`` over launch indices
+    0..np-1, the workers that worker *i* may call.
+    """
+
+    def __init__(self, np: int | None = None, *, peers: dict[int, set[int]] | None = None) -> None:
+        if np is None:
+            np = len(os.sched_getaffinity(0))
+        if isinstance(np, bool) or not isinstance(np, int) or np < 0:
+            raise ValueError(f"LocalManager needs a number of workers >= 0, not {np!r}")
+        self.np = np
+        self.peers = peers
+        self.log_dir = ""
+        self._watcher: _ExitWatcher | None = None
+        self._handles: list[LocalHandle] = []
+
+    def __repr__(self) -> str:
+        return f"LocalManager(np={self.np})"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"np": len(os.sched_getaffinity(0)), "peers": None}
+
+    def launch(self, spec: LaunchSpec) -> Iterator[LocalHandle]:
+        if not self.log_dir:
+            self.log_dir = tempfile.mkdtemp(prefix="clustermgr-logs-")
+            self._watcher = _ExitWatcher(spec, self)
+        base_env = {**os.environ}
+        for index in range(self.np):
+            launch_id = secrets.token_hex(8)
+            log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    spec.argv(), env={**base_env, **spec.environment(launch_id)},
+                    cwd=spec.dir, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            handle = LocalHandle(launch_id, "localhost", proc, log_path, index)
+            self._handles.append(handle)
+            self._watcher.watch(handle)  # type: ignore[union-attr]
+            yield handle
+
+    def connects(self, a: WorkerHandle, b: WorkerHandle) -> bool:
+        if self.peers is None:
+            return True
+        return getattr(b, "index", -1) in self.peers.get(getattr(a, "index", -1), set())
+
+    def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:
+        proc = handle.proc  # type: ignore[attr-defined]
+        if proc is None:
+            return
+        for sig, wait in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+            if sig is not None:
+                try:
+                    os.killpg(proc.pid, sig)  # the worker leads its own process group
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        return tail(getattr(handle, "log_path", ""), lines)
+
+    def status(self) -> dict[str, Any]:
+        running = sum(1 for h in self._handles if h.proc and h.proc.poll() is None)
+        return {"workers": len(self._handles), "running": running, "log_dir": self.log_dir}
+
+    def close(self) -> None:
+        for handle in self._handles:
+            self.kill(handle, grace=0.5)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self.log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+class _ExitWatcher:
+    """One thread that waits on the pidfds of all of a manager's workers."""
+
+    def __init__(self, spec: LaunchSpec, manager: LocalManager) -> None:
+        self.spec = spec
+        self.manager = manager
+        self.poll = select.poll()
+        self.by_fd: dict[int, LocalHandle] = {}
+        self.wake_r, self.wake_w = os.pipe()
+        self.poll.register(self.wake_r, select.POLLIN)
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="clustermgr-local-exits", daemon=True)
+        self.thread.start()
+
+    def watch(self, handle: LocalHandle) -> None:
+        fd = os.pidfd_open(handle.proc.pid)  # type: ignore[union-attr]
+        with self.lock:
+            self.by_fd[fd] = handle
+            self.poll.register(fd, select.POLLIN)
+        os.write(self.wake_w, b"x")
+
+    def stop(self) -> None:
+        self.stopped = True
+        os.write(self.wake_w, b"x")
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self.stopped:
+            for fd, _ in self.poll.poll():
+                if fd == self.wake_r:
+                    os.read(self.wake_r, 4096)
+                else:
+                    self._exited(fd)
+        for fd in list(self.by_fd):
+            os.close(fd)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _exited(self, fd: int) -> None:
+        with self.lock:
+            handle = self.by_fd.pop(fd)
+            self.poll.unregister(fd)
+        os.close(fd)
+        code = handle.proc.wait()  # type: ignore[union-attr]
+        self.spec.on_exit(handle, describe_exit(code), self.manager.log_tail(handle))

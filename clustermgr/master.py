@@ -1,0 +1,372 @@
+"""The master's node: ROUTER socket, handshake, worker table, relay and heartbeats.
+
+Everything here runs on the master's I/O thread unless a method says otherwise.  Other
+threads talk to it through ``call_soon`` and ``send``; ``cluster.py`` holds the public API
+built on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from . import protocol as P
+from .errors import ClusterError, ProcessExitedError, ProtocolError, TopologyError
+from .execute import execute, run_local
+from .managers.base import ClusterManager, ManageOp, WorkerHandle
+from .protocol import Flag, Header, Kind, pack_header
+from .settings import Settings
+from .transport import Node
+
+log = logging.getLogger("clustermgr")
+_DST = slice(8, 12)
+_MID = slice(12, 20)
+#: Handshakes not finished within this many seconds are forgotten.
+HANDSHAKE_TIMEOUT = 30.0
+MAX_HANDSHAKES = 10_000
+
+
+@dataclass
+class Launch:
+    """A worker started by a manager and not yet (or already) joined."""
+
+    handle: WorkerHandle | None  # None between expect() and launch() yielding it
+    manager: ClusterManager
+    started: float
+    wid: int = 0
+    error: str = ""
+
+
+@dataclass
+class WorkerInfo:
+    id: int
+    identity: bytes
+    host: str
+    pid: int
+    launch: Launch | None
+    last_seen: float
+    state: str = "up"  # up | removing | dead
+    gone: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def manager(self) -> ClusterManager | None:
+        return self.launch.manager if self.launch else None
+
+
+class MasterNode(Node):
+    """Process 1.  Created by ``cluster.node()`` on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(P.MASTER_ID)
+        self.settings = settings
+        self.secret = P.new_secret()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        port = self.router.bind_to_random_port(f"tcp://{settings.bind}") if not settings.port \
+            else self._bind_fixed(settings)
+        self.address = f"tcp://{settings.bind}:{port}"
+        self.handshakes: dict[bytes, tuple[bytes, bytes, float]] = {}
+        self.workers: dict[int, WorkerInfo] = {}
+        self.by_identity: dict[bytes, WorkerInfo] = {}
+        self.launches: dict[str, Launch] = {}
+        self.dead: dict[int, ProcessExitedError] = {}
+        self.load: dict[int, int] = {}
+        self.joined = threading.Condition()
+        self.rejected_frames = 0
+        self._next_wid = 2
+        self._rr = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
+
+    def _bind_fixed(self, settings: Settings) -> int:
+        self.router.bind(f"tcp://{settings.bind}:{settings.port}")
+        return settings.port
+
+    def _sockets(self) -> list[zmq.Socket]:
+        return [self.router]
+
+    # --- views for other threads ------------------------------------------------------
+
+    def live_ids(self) -> list[int]:
+        return sorted(w.id for w in list(self.workers.values()) if w.state != "dead")
+
+    def check_target(self, wid: int) -> None:
+        if wid in self.workers and self.workers[wid].state != "dead":
+            return
+        if wid in self.dead:
+            raise self.dead[wid]
+        raise ClusterError(f"there is no worker {wid}; the workers are {self.live_ids()}")
+
+    def death_of(self, wid: int) -> ProcessExitedError | None:
+        return self.dead.get(wid)
+
+    def track(self, fut: Any, target: int) -> None:
+        self.load[target] = self.load.get(target, 0) + 1
+        super().track(fut, target)
+
+    def least_busy(self) -> int:
+        ids = self.live_ids()
+        if not ids:
+            raise ClusterError("no workers; start some with addprocs()")
+        self._rr += 1
+        return min(ids, key=lambda w: (self.load.get(w, 0), (w + self._rr) % len(ids)))
+
+    def run_here(self, fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
+        self.pool().submit(run_local, self, fut, f, args, kwargs)
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="clustermgr-call")
+        return self._pool
+
+    # --- network input ----------------------------------------------------------------
+
+    def _from_network(self, sock: zmq.Socket, frames: list) -> None:
+        identity = frames[0].bytes
+        try:
+            hdr = P.unpack_header(frames[1])
+        except ProtocolError as exc:
+            self._reject(identity, f"malformed frame: {exc}")
+            return
+        w = self.by_identity.get(identity)
+        if w is None:
+            self._handshake(identity, hdr, frames[2:])
+        elif hdr.src != w.id:
+            self._reject(identity, f"worker {w.id} sent a message claiming to be {hdr.src}")
+        else:
+            w.last_seen = time.monotonic()
+            if hdr.dst != P.MASTER_ID:
+                self._relay(w, hdr, frames[1:])
+            else:
+                self.dispatch(hdr, frames[1:])
+
+    def _on_result(self, hdr: Header, frames: list) -> None:
+        entry = self.pending.get(hdr.ref)
+        if entry is not None:
+            self.load[entry[1]] = self.load.get(entry[1], 1) - 1
+        super()._on_result(hdr, frames)
+
+    def _reject(self, identity: bytes, why: str) -> None:
+        self.rejected_frames += 1
+        log.warning("dropped a message from an unauthenticated or misbehaving peer: %s", why)
+
+    def _relay(self, src: WorkerInfo, hdr: Header, frames: list) -> None:
+        dst = self.workers.get(hdr.dst)
+        err: Exception | None = None
+        if self.topology == "master_worker":
+            err = TopologyError("topology 'master_worker' forbids calls between workers; "
+                                "use addprocs(..., topology='all_to_all')")
+        elif dst is None or dst.state == "dead":
+            err = self.dead.get(hdr.dst) or ClusterError(f"there is no worker {hdr.dst}")
+        elif self.topology == "custom" and not self._connects(src, dst):
+            err = TopologyError(f"the custom topology does not connect worker {src.id} "
+                                f"to worker {hdr.dst}")
+        if err is None and self._send_raw(dst.identity, frames):  # type: ignore[union-attr]
+            return
+        if hdr.kind in (Kind.CALL, Kind.FETCH, Kind.CHANNEL) and (
+                hdr.kind != Kind.CALL or hdr.flags & Flag.WANT_VALUE):
+            self.reply(hdr, err or ClusterError(f"worker {hdr.dst} is unreachable"), error=True)
+
+    def _connects(self, a: WorkerInfo, b: WorkerInfo) -> bool:
+        if a.launch is None or b.launch is None or a.launch.manager is not b.launch.manager:
+            return False
+        return a.launch.manager.connects(a.launch.handle, b.launch.handle)
+
+    def _send_raw(self, identity: bytes, frames: list) -> bool:
+        try:
+            self.router.send_multipart([identity, *frames], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+
+    def _route(self, frames: list) -> None:
+        head = frames[0].buffer
+        dst = int.from_bytes(head[_DST], "little")
+        w = self.workers.get(dst)
+        if w is not None and w.state != "dead" and self._send_raw(w.identity, frames):
+            return
+        entry = self.pending.pop(int.from_bytes(head[_MID], "little"), None)
+        if entry is not None:
+            entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"worker {dst} is unreachable"))
+
+    # --- handshake ----------------------------------------------------------------------
+
+    def _handshake(self, identity: bytes, hdr: Header, body: list) -> None:
+        try:
+            if hdr.kind == Kind.HELLO:
+                self._on_hello(identity, P.load_json(body[0]) if body else {})
+            elif hdr.kind == Kind.AUTH:
+                self._on_auth(identity, P.load_json(body[0]) if body else {})
+            else:
+                self._reject(identity, f"{hdr.kind.name} before authentication")
+                self._refuse(identity, "not authenticated: send HELLO first")
+        except (ProtocolError, P.AuthError) as exc:
+            self._reject(identity, str(exc))
+            self._refuse(identity, str(exc))
+
+    def _on_hello(self, identity: bytes, msg: dict) -> None:
+        cn = P.decode_nonce(msg.get("nonce"))
+        if len(self.handshakes) >= MAX_HANDSHAKES:
+            raise P.AuthError("too many handshakes in progress; try again")
+        sn = P.new_nonce()
+        self.handshakes[identity] = (cn, sn, time.monotonic() + HANDSHAKE_TIMEOUT)
+        reply = {"nonce": sn.hex(), "proof": P.proof(self.secret, b"master", cn, sn)}
+        self._send_raw(identity, [pack_header(Kind.CHALLENGE, 0, 1, 0), P.dump_json(reply)])
+
+    def _on_auth(self, identity: bytes, msg: dict) -> None:
+        state = self.handshakes.pop(identity, None)
+        if state is None:
+            raise P.AuthError("AUTH without HELLO (or the handshake expired)")
+        cn, sn, _ = state
+        if not P.check_proof(self.secret, b"worker", cn, sn, msg.get("proof")):
+            raise P.AuthError("authentication failed: the worker does not hold this cluster's "
+                              "secret (check CLUSTERMGR_COOKIE or the cookie file)")
+        theirs = msg.get("versions") if isinstance(msg.get("versions"), dict) else {}
+        mismatch = P.version_mismatch(P.versions(), theirs)
+        if mismatch:
+            raise P.AuthError(mismatch)
+        launch_id = str(msg.get("launch_id", ""))
+        with self.joined:  # addprocs marks timeouts under the same lock
+            launch = self.launches.get(launch_id)
+            if launch is not None and (launch.wid or launch.error):
+                raise P.AuthError(f"launch {launch_id} is no longer expected "
+                                  f"({launch.error or 'already joined'})")
+            self._admit(identity, msg, launch)
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        self._send_raw(identity, [pack_header(Kind.REFUSED, 0, 1, 0), P.dump_json({"reason": reason})])
+
+    def _admit(self, identity: bytes, msg: dict, launch: Launch | None) -> None:
+        wid, self._next_wid = self._next_wid, self._next_wid + 1
+        now = time.monotonic()
+        w = WorkerInfo(wid, identity, str(msg.get("host", "?")), int(msg.get("pid", 0) or 0),
+                       launch, now)
+        s = self.settings
+        welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path,
+                   "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace}
+        self._send_raw(identity, [pack_header(Kind.WELCOME, 0, 1, wid), P.dump_json(welcome)])
+        self.workers[wid] = w
+        self.by_identity[identity] = w
+        if launch is not None:
+            launch.wid = wid
+            self._notify_manager(launch, ManageOp.REGISTER, wid)
+        self._broadcast_members()
+        with self.joined:
+            self.joined.notify_all()
+        for listener in list(self.listeners):
+            listener("join", wid)
+
+    # --- control messages, heartbeats, deaths --------------------------------------------
+
+    def _on_call(self, hdr: Header, frames: list) -> None:
+        self.pool().submit(execute, self, hdr, frames)
+
+    def _on_control(self, hdr: Header, frames: list) -> None:
+        w = self.workers.get(hdr.src)
+        if hdr.kind == Kind.OUTPUT and w is not None:
+            text = bytes(frames[1].buffer).decode(errors="replace")
+            self.settings.emit(hdr.src, text, "stderr" if hdr.flags & Flag.STDERR else "stdout")
+        elif hdr.kind == Kind.BYE and w is not None:
+            cause = "removed by rmprocs" if w.state == "removing" else "the worker left the cluster"
+            self.declare_dead(w.id, cause, exited=w.launch is None)
+
+    def _tick(self, now: float) -> None:
+        s = self.settings
+        beat = pack_header(Kind.HEARTBEAT, 0, 1, 0)
+        for w in list(self.workers.values()):
+            if w.state == "dead":
+                continue
+            if now - w.last_seen > s.heartbeat_timeout:
+                self.declare_dead(w.id, f"no heartbeat for {now - w.last_seen:.1f} s "
+                                  f"(heartbeat_timeout={s.heartbeat_timeout})")
+                self._kill_in_background(w)
+            else:
+                self._send_raw(w.identity, [beat, b""])
+        for identity, (_, _, deadline) in list(self.handshakes.items()):
+            if now > deadline:
+                del self.handshakes[identity]
+
+    def on_process_exit(self, handle: WorkerHandle, cause: str, log_tail: str) -> None:
+        """Called by managers (any thread) when a worker's process or job has ended."""
+        self.call_soon(lambda: self._process_exited(handle, cause, log_tail))
+
+    def _process_exited(self, handle: WorkerHandle, cause: str, log_tail: str) -> None:
+        launch = self.launches.get(handle.launch_id)
+        if launch is None:
+            return
+        with self.joined:
+            if not launch.wid:
+                launch.error = f"{cause} before joining" + (
+                    f"; its log ends with:\n{log_tail}" if log_tail else "")
+                self.joined.notify_all()
+                return
+        w = self.workers[launch.wid]
+        if w.state != "dead":
+            if w.state == "removing":
+                cause = f"removed by rmprocs ({cause})"
+            self.declare_dead(w.id, cause, log_tail)
+        w.gone.set()
+
+    def declare_dead(self, wid: int, cause: str, log_tail: str = "", exited: bool = False) -> None:
+        """Mark *wid* dead, fail its calls, tell the others (I/O thread)."""
+        w = self.workers[wid]
+        if w.state == "dead":
+            return
+        w.state = "dead"
+        if exited:
+            w.gone.set()
+        self.by_identity.pop(w.identity, None)
+        exc = ProcessExitedError(wid, cause, log_tail)
+        self.dead[wid] = exc
+        self.load.pop(wid, None)
+        self.fail_target(wid, exc)
+        payload = P.dump_json({"id": wid, "cause": cause})
+        for other in self.workers.values():
+            if other.state != "dead":
+                self._send_raw(other.identity, [pack_header(Kind.PEER_DIED, 0, 1, other.id), payload])
+        self._broadcast_members()
+        if w.launch is not None:
+            self._notify_manager(w.launch, ManageOp.DEREGISTER, wid)
+        with self.joined:
+            self.joined.notify_all()
+        for listener in list(self.listeners):
+            listener("leave", wid)
+        log.info("worker %d is gone: %s", wid, cause)
+
+    def _broadcast_members(self) -> None:
+        body = P.dump_json({"workers": self.live_ids(), "topology": self.topology})
+        for w in self.workers.values():
+            if w.state != "dead":
+                self._send_raw(w.identity, [pack_header(Kind.MEMBERS, 0, 1, w.id), body])
+
+    def _notify_manager(self, launch: Launch, op: ManageOp, wid: int) -> None:
+        if launch.handle is None:
+            return  # addprocs sends REGISTER when launch() yields the handle
+        try:
+            launch.manager.manage(launch.handle, op, wid)
+        except Exception:  # a manager's notification must not break the I/O thread
+            log.exception("%r.manage(%s) failed", launch.manager, op)
+
+    def _kill_in_background(self, w: WorkerInfo) -> None:
+        if w.launch is not None and w.launch.handle is not None:
+            launch = w.launch
+            threading.Thread(target=launch.manager.kill, args=(launch.handle, 1.0),
+                             daemon=True, name="clustermgr-kill").start()
+
+    def shutdown_io(self) -> None:
+        self.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.ctx.destroy(linger=0)

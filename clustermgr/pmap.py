@@ -1,0 +1,254 @@
+"""pmap and preduce.
+
+pmap keeps ``PREFETCH`` batches in flight per worker (so a worker never waits for its next
+batch), ships ``f`` once per worker, and treats "f raised" and "the worker died" alike: each
+failed item is retried per ``retry_delays``/``retry_check``, then handed to ``on_error`` or
+raised.  Results come back in input order, each exactly once.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+import queue
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import ClusterError, ProcessExitedError, RemoteError
+from .pools import FunctionCache, WorkerPool, default_worker_pool
+from .remote import ErrorPayload, Future, remotecall
+
+PREFETCH = 2
+AUTO_BATCHES_PER_WORKER = 8
+AUTO_MAX_BATCH = 1024
+
+
+class _Failed:
+    """An item of a batch whose call raised (the rest of the batch is unaffected)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: ErrorPayload) -> None:
+        self.payload = payload
+
+
+def _run_batch(f: Callable, arglists: list[tuple]) -> list[Any]:
+    from .cluster import myid
+
+    out: list[Any] = []
+    for args in arglists:
+        try:
+            out.append(f(*args))
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            out.append(_Failed(ErrorPayload(myid(), exc)))
+    return out
+
+
+def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
+         batch_size: int | str = 1, distributed: bool = True,
+         on_error: Callable[[BaseException], Any] | None = None,
+         retry_delays: Iterable[float] = (), retry_check: Callable[[BaseException], bool] | None = None,
+         progress: bool = False, timeout: float | None = None) -> list[Any]:
+    """``[f(*args) for args in zip(*iterables)]`` computed on the workers of *pool*.
+
+    batch_size: items per call, or "auto" (large batches for many items).
+    retry_delays: the delays (seconds) before each retry of a failed item; its length is
+        the number of retries.  A failure is an exception in ``f`` or the death of the
+        worker running it.  ``retry_check(exc)`` may veto a retry.
+    on_error: called with the final exception of an item; its return value takes the
+        item's place.  Without it, the first final failure is raised.
+    distributed=False: run in this process (same retry and error semantics).
+    timeout: seconds for the whole map (``TimeoutError``).
+    """
+    items = list(zip(*iterables))
+    delays = list(retry_delays)
+    if not items:
+        return []
+    if not distributed:
+        return _local_map(f, items, delays, retry_check, on_error)
+    p = pool or default_worker_pool()
+    size = _batch_size(batch_size, len(items), max(1, len(p.workers())))
+    return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout).run()
+
+
+def _batch_size(batch_size: int | str, n: int, nworkers: int) -> int:
+    if batch_size == "auto":
+        return max(1, min(AUTO_MAX_BATCH, math.ceil(n / (nworkers * AUTO_BATCHES_PER_WORKER))))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int or "auto", not {batch_size!r}')
+    return batch_size
+
+
+def _may_retry(exc: BaseException, attempt: int, delays: Sequence[float],
+               check: Callable[[BaseException], bool] | None) -> bool:
+    return attempt <= len(delays) and (check is None or bool(check(exc)))
+
+
+def _local_map(f: Callable, items: list[tuple], delays: list[float],
+               check: Callable[[BaseException], bool] | None,
+               on_error: Callable[[BaseException], Any] | None) -> list[Any]:
+    out = []
+    for args in items:
+        attempt = 1
+        while True:
+            try:
+                out.append(f(*args))
+                break
+            except Exception as exc:  # noqa: BLE001
+                if _may_retry(exc, attempt, delays, check):
+                    time.sleep(delays[attempt - 1])
+                    attempt += 1
+                    continue
+                if on_error is None:
+                    raise
+                out.append(on_error(exc))
+                break
+    return out
+
+
+class _PMap:
+    """One pmap call's scheduler; runs in the calling thread."""
+
+    def __init__(self, f: Callable, items: list[tuple], pool: WorkerPool, size: int,
+                 delays: list[float], check: Any, on_error: Any, progress: bool,
+                 timeout: float | None) -> None:
+        self.f, self.items, self.pool = f, items, pool
+        self.delays, self.check, self.on_error = delays, check, on_error
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timeout = timeout
+        self.results: list[Any] = [None] * len(items)
+        self.attempts = [1] * len(items)
+        self.todo = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        self.todo.reverse()  # pop() from the end keeps input order
+        self.retries: list[tuple[float, int, list[int]]] = []  # heap of (due, seq, batch)
+        self.inflight: dict[int, int] = {}
+        self.done_q: queue.SimpleQueue = queue.SimpleQueue()
+        self.remaining = len(items)
+        self.shipped = FunctionCache()
+        self.bar = _progress_bar(len(items)) if progress else None
+        self.failed = self.retried = 0
+        self._seq = 0
+
+    def run(self) -> list[Any]:
+        try:
+            while self.remaining:
+                self._submit_ready()
+                self._handle(self._next_completion())
+            return self.results
+        finally:
+            self.shipped.clear()
+            if self.bar is not None:
+                self.bar.close()
+
+    def _submit_ready(self) -> None:
+        now = time.monotonic()
+        while self.retries and self.retries[0][0] <= now:
+            self.todo.append(heapq.heappop(self.retries)[2])
+        ids = self.pool.workers()
+        if not ids:
+            raise ClusterError("pmap: every worker of the pool is gone")
+        for wid in list(self.inflight):
+            if wid not in ids:
+                del self.inflight[wid]
+        while self.todo:
+            wid = min(ids, key=lambda w: self.inflight.get(w, 0))
+            if self.inflight.get(wid, 0) >= PREFETCH:
+                return
+            self._send(self.todo.pop(), wid)
+
+    def _send(self, batch: list[int], wid: int) -> None:
+        fn = self.shipped.ref(self.f, wid)
+        try:
+            fut = remotecall(_run_batch, wid, fn, [self.items[i] for i in batch])
+        except ProcessExitedError as exc:
+            self._failed_batch(batch, exc)
+            return
+        self.inflight[wid] = self.inflight.get(wid, 0) + 1
+        fut.add_done_callback(lambda fut: self.done_q.put((batch, wid, fut)))
+
+    def _next_completion(self) -> tuple[list[int], int, Future] | None:
+        wait = None
+        if self.retries:
+            wait = max(0.0, self.retries[0][0] - time.monotonic())
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"pmap did not finish within timeout={self.timeout} s")
+            wait = left if wait is None else min(wait, left)
+        try:
+            return self.done_q.get(timeout=wait)
+        except queue.Empty:
+            return None
+
+    def _handle(self, done: tuple[list[int], int, Future] | None) -> None:
+        if done is None:
+            return
+        batch, wid, fut = done
+        self.inflight[wid] = max(0, self.inflight.get(wid, 0) - 1)
+        try:
+            values = fut.fetch()
+        except (RemoteError, ProcessExitedError) as exc:
+            self._failed_batch(batch, exc)
+            return
+        for i, value in zip(batch, values):
+            if isinstance(value, _Failed):
+                self._failed_item(i, value.payload.to_exception())
+            else:
+                self._store(i, value)
+
+    def _failed_batch(self, batch: list[int], exc: BaseException) -> None:
+        for i in batch:
+            self._failed_item(i, exc)
+
+    def _failed_item(self, i: int, exc: BaseException) -> None:
+        attempt = self.attempts[i]
+        if _may_retry(exc, attempt, self.delays, self.check):
+            self.attempts[i] += 1
+            self.retried += 1
+            self._seq += 1
+            due = time.monotonic() + self.delays[attempt - 1]
+            heapq.heappush(self.retries, (due, self._seq, [i]))
+            self._show()
+            return
+        if self.on_error is None:
+            raise exc
+        self.failed += 1
+        self._store(i, self.on_error(exc))
+
+    def _store(self, i: int, value: Any) -> None:
+        self.results[i] = value
+        self.remaining -= 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self._show()
+
+    def _show(self) -> None:
+        if self.bar is not None and (self.failed or self.retried):
+            self.bar.set_postfix(failed=self.failed, retried=self.retried, refresh=False)
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc="pmap", dynamic_ncols=True)
+
+
+def preduce(op: Callable[[Any, Any], Any], f: Callable[[Any], Any], iterable: Iterable,
+            timeout: float | None = None) -> Any:
+    """``functools.reduce(op, map(f, iterable))``, split statically across the workers:
+    each reduces its contiguous share, then the master reduces the partial results."""
+    from .cluster import workers
+
+    items = list(iterable)
+    if not items:
+        raise TypeError("preduce() of an empty iterable has no value")
+    ids = workers()
+    share = math.ceil(len(items) / len(ids))
+    chunks = [items[i:i + share] for i in range(0, len(items), share)]
+    futs = [remotecall(_reduce_chunk, wid, op, f, chunk) for wid, chunk in zip(ids, chunks)]
+    return functools.reduce(op, [fut.fetch(timeout) for fut in futs])
+
+
+def _reduce_chunk(op: Callable, f: Callable, chunk: list) -> Any:
+    return functools.reduce(op, map(f, chunk))

@@ -1,0 +1,225 @@
+"""Wire format and handshake.
+
+Every message is a ZeroMQ multipart message::
+
+    [header, body, buffer_1, ..., buffer_n]        (the master's ROUTER adds the peer
+                                                    routing id in front)
+
+``header`` is 28 bytes, little endian, parsed without touching the body::
+
+    offset  size  field
+    0       1     protocol version (PROTOCOL_VERSION)
+    1       1     kind   (Kind)
+    2       2     flags  (Flag bits)
+    4       4     src    sender's process id (1 = master)
+    8       4     dst    receiver's process id; the master relays when dst is not 1
+    12      8     id     message id, unique per sender (a call's id is its Future's id)
+    20      8     ref    the id this message answers (RESULT), or an object id
+
+Because the header stands apart, a body that fails to deserialize can still be answered
+with an error addressed to the right call.  Bodies are ``serialize.dumps`` frames
+(cloudpickle protocol 5 + out-of-band buffers) for CALL / RESULT / FETCH / CHANNEL
+messages, UTF-8 text for OUTPUT, and JSON for the handshake and control messages (never a
+pickle, so nothing needs unpickling before the peer is authenticated).
+
+Handshake (worker W dials master M; nothing is unpickled by either side before it ends)::
+
+    W -> M  HELLO      {"nonce": cn}
+    M -> W  CHALLENGE  {"nonce": sn, "proof": HMAC(secret, "master" | cn | sn)}
+    W -> M  AUTH       {"proof": HMAC(secret, "worker" | cn | sn), "versions": {...}, ...}
+    M -> W  WELCOME    {"id": 3, "settings": {...}}   or   REFUSED {"reason": "..."}
+
+Both proofs are checked with ``hmac.compare_digest``; W verifies M's proof too, since a
+worker must not run pickles from a master that does not hold the secret either.  The
+secret itself never crosses the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import os
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AuthError, ProtocolError
+
+PROTOCOL_VERSION = 1
+MASTER_ID = 1
+_HEADER = struct.Struct("<BBHIIQQ")
+HEADER_SIZE = _HEADER.size
+NONCE_BYTES = 16
+
+
+class Kind(enum.IntEnum):
+    HELLO = 1
+    CHALLENGE = 2
+    AUTH = 3
+    WELCOME = 4
+    REFUSED = 5
+    CALL = 10          # run a function; flags say what to send back
+    RESULT = 11        # answer to CALL / FETCH / CHANNEL (ref = the asking message id)
+    FETCH = 12         # fetch the value of a Future owned by the receiver (ref = its id)
+    CHANNEL = 13       # an operation on a RemoteChannel owned by the receiver
+    HEARTBEAT = 20
+    INTERRUPT = 21     # interrupt the task running on the receiver
+    OUTPUT = 22        # worker stdout / stderr text
+    SHUTDOWN = 23      # master asks a worker to exit
+    MEMBERS = 24       # master tells workers who is in the cluster (JSON)
+    PEER_DIED = 25     # master tells workers a peer is gone (JSON)
+    BYE = 26           # a worker says it is leaving
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    ERROR = 1          # RESULT body is an exception
+    WANT_VALUE = 2     # CALL: send the value back
+    WANT_ACK = 4       # CALL: send back only completion (remotecall_wait)
+    STDERR = 8         # OUTPUT came from stderr
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: Kind
+    flags: int
+    src: int
+    dst: int
+    id: int
+    ref: int
+
+    def pack(self) -> bytes:
+        return pack_header(self.kind, self.flags, self.src, self.dst, self.id, self.ref)
+
+
+def pack_header(kind: int, flags: int, src: int, dst: int, mid: int = 0, ref: int = 0) -> bytes:
+    return _HEADER.pack(PROTOCOL_VERSION, kind, flags, src, dst, mid, ref)
+
+
+def unpack_header(frame: Any) -> Header:
+    """Parse a header frame; raise :class:`ProtocolError` on anything malformed."""
+    data = bytes(getattr(frame, "buffer", frame))
+    if len(data) != HEADER_SIZE:
+        raise ProtocolError(f"header of {len(data)} bytes, expected {HEADER_SIZE}")
+    version, kind, flags, src, dst, mid, ref = _HEADER.unpack(data)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {kind}") from None
+    return Header(kind, flags, src, dst, mid, ref)
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def load_json(frame: Any, limit: int = 1 << 20) -> dict:
+    """Decode a JSON control body (size-limited: it may come from an unauthenticated peer)."""
+    data = bytes(getattr(frame, "buffer", frame))
+    if len(data) > limit:
+        raise ProtocolError(f"control message of {len(data)} bytes is too large")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"control message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("control message is not a JSON object")
+    return obj
+
+
+# --- versions --------------------------------------------------------------------------
+
+def versions() -> dict[str, str]:
+    """The fingerprint both sides must share for pickles to mean the same thing."""
+    import cloudpickle
+
+    from . import __version__
+
+    return {
+        "python": "%d.%d" % sys.version_info[:2],
+        "cloudpickle": cloudpickle.__version__,
+        "clustermgr": __version__,
+    }
+
+
+def version_mismatch(master: dict, worker: dict) -> str | None:
+    """A message naming both sides' versions, or None when they agree."""
+    keys = ("python", "cloudpickle", "clustermgr")
+    if all(master.get(k) == worker.get(k) for k in keys):
+        return None
+    show = lambda v: ", ".join(f"{k} {v.get(k, '?')}" for k in keys)  # noqa: E731
+    return (
+        f"version mismatch: master has {show(master)}; worker has {show(worker)}. "
+        "Install the same versions on both sides (same Python minor version, same "
+        "cloudpickle and clustermgr)."
+    )
+
+
+# --- secrets and proofs ----------------------------------------------------------------
+
+def new_secret() -> bytes:
+    return os.urandom(32)
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes) -> str:
+    return hmac.new(secret, role + b"|" + client_nonce + b"|" + server_nonce, hashlib.sha256).hexdigest()
+
+
+def check_proof(secret: bytes, role: bytes, cn: bytes, sn: bytes, claimed: Any) -> bool:
+    if not isinstance(claimed, str):
+        return False
+    return hmac.compare_digest(proof(secret, role, cn, sn).encode(), claimed.encode())
+
+
+def decode_nonce(value: Any) -> bytes:
+    try:
+        nonce = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise AuthError("malformed nonce in handshake") from None
+    if len(nonce) != NONCE_BYTES:
+        raise AuthError("malformed nonce in handshake")
+    return nonce
+
+
+def read_secret_from_env(environ: dict | None = None) -> bytes | None:
+    """The secret from ``CLUSTERMGR_COOKIE`` (hex or text) or ``CLUSTERMGR_COOKIE_FILE``.
+
+    The variables are removed from the environment so user code and its subprocesses never
+    see them.  A cookie file must not be readable by group or others.
+    """
+    env = os.environ if environ is None else environ
+    cookie = env.pop("CLUSTERMGR_COOKIE", None)
+    path = env.pop("CLUSTERMGR_COOKIE_FILE", None)
+    if cookie is not None:
+        return cookie_bytes(cookie)
+    if path:
+        return read_cookie_file(path)
+    return None
+
+
+def read_cookie_file(path: str) -> bytes:
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        raise AuthError(
+            f"cookie file {path} is readable by others (mode {oct(mode & 0o777)}); "
+            f"run 'chmod 600 {path}' and try again"
+        )
+    with open(path) as fh:
+        return cookie_bytes(fh.read().strip())
+
+
+def cookie_bytes(cookie: str) -> bytes:
+    """Secrets travel as hex; any other text is used as is (a user-chosen cookie)."""
+    try:
+        return bytes.fromhex(cookie)
+    except ValueError:
+        return cookie.encode()

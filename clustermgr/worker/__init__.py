@@ -1,0 +1,1 @@
+"""The worker process: ``python -m clustermgr.worker`` (see ``loop.py``)."""

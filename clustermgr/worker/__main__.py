@@ -1,0 +1,54 @@
+"""``python -m clustermgr.worker``: join a master and run its tasks.
+
+The master's address comes from ``--connect HOST:PORT`` or ``CLUSTERMGR_MASTER``; the
+secret from ``CLUSTERMGR_COOKIE`` or a 0600 file (``--cookie-file`` or
+``CLUSTERMGR_COOKIE_FILE``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..protocol import read_cookie_file, read_secret_from_env
+from .loop import run_worker
+
+
+def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Join a clustermgr master and run its tasks. The secret is "
+        "read from CLUSTERMGR_COOKIE or a cookie file (mode 0600), never from arguments.")
+    parser.add_argument("--connect", metavar="HOST:PORT",
+                        help="the master's address (default: $CLUSTERMGR_MASTER)")
+    parser.add_argument("--cookie-file", metavar="PATH", help="file holding the secret (0600)")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                        default=float(os.environ.get("CLUSTERMGR_CONNECT_TIMEOUT", 60)),
+                        help="give up if the master does not answer in time (default 60)")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker") -> int:
+    args = build_parser(prog).parse_args(argv)
+    address = args.connect or os.environ.get("CLUSTERMGR_MASTER")
+    if not address:
+        print("clustermgr worker: no master address; pass --connect HOST:PORT or set "
+              "CLUSTERMGR_MASTER", file=sys.stderr)
+        return 2
+    if "://" not in address:
+        address = f"tcp://{address}"
+    try:
+        secret = read_cookie_file(args.cookie_file) if args.cookie_file else read_secret_from_env()
+    except (OSError, Exception) as exc:  # noqa: BLE001 - reported, exit 2
+        print(f"clustermgr worker: cannot read the secret: {exc}", file=sys.stderr)
+        return 2
+    if not secret:
+        print("clustermgr worker: no secret; set CLUSTERMGR_COOKIE or pass --cookie-file PATH "
+              "(a file of mode 0600)", file=sys.stderr)
+        return 2
+    launch_id = os.environ.pop("CLUSTERMGR_LAUNCH_ID", "")
+    return run_worker(address, secret, launch_id, args.connect_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

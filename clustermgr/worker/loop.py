@@ -1,0 +1,288 @@
+"""The worker runtime: handshake, I/O thread, and tasks on the main thread.
+
+Started by ``python -m clustermgr.worker`` (``worker/__main__.py``).  The main thread runs
+tasks one at a time, so heartbeats, interrupts and requests for values this worker owns
+keep flowing on the I/O thread while user code computes.  While a task waits for a Future
+on the main thread, the worker keeps running incoming calls (nested), so two workers that
+call each other cannot deadlock.
+
+Exit codes: 0 asked to leave; 3 refused by the master (wrong secret, version mismatch);
+4 master unreachable within ``connect_timeout``; 5 master silent for ``master_grace``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from .. import protocol as P
+from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
+from ..execute import execute, run_local
+from ..protocol import Flag, Header, Kind, pack_header
+from ..transport import Node, set_current_node
+
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST = 3, 4, 5
+_WAKE = object()
+_SHUTDOWN = object()
+
+
+class MasterUnreachable(ClusterError):
+    """No answer from the master within the connect timeout."""
+
+
+class WorkerNode(Node):
+    """Process 2..N.  One per worker process, created by :func:`run_worker`."""
+
+    def __init__(self, address: str, secret: bytes, launch_id: str = "") -> None:
+        super().__init__(myid=0)
+        self.address = address
+        self.secret = secret
+        self.launch_id = launch_id
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 2000)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        self.dealer.connect(address)
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.heartbeat_interval = 1.0
+        self.master_grace = 60.0
+        self.last_from_master = time.monotonic()
+        self.last_beat = 0.0
+        self.running = 0  # depth of tasks on the main thread (nested calls)
+        self.leaving = False
+        self._pool: Any = None
+
+    # --- handshake (main thread, before the I/O thread starts) ------------------------
+
+    def handshake(self, timeout: float, versions: dict[str, str] | None = None) -> dict:
+        cn = P.new_nonce()
+        self._send_now(Kind.HELLO, {"nonce": cn.hex()})
+        challenge = self._expect(Kind.CHALLENGE, timeout)
+        sn = P.decode_nonce(challenge.get("nonce"))
+        if not P.check_proof(self.secret, b"master", cn, sn, challenge.get("proof")):
+            raise AuthError(f"the process at {self.address} does not hold this cluster's "
+                            "secret; refusing to run anything it sends")
+        self._send_now(Kind.AUTH, {
+            "proof": P.proof(self.secret, b"worker", cn, sn),
+            "versions": versions or P.versions(), "launch_id": self.launch_id,
+            "host": socket.gethostname(), "pid": os.getpid()})
+        welcome = self._expect(Kind.WELCOME, timeout)
+        self.myid = int(welcome["id"])
+        self.topology = str(welcome.get("topology", "all_to_all"))
+        self.heartbeat_interval = float(welcome.get("heartbeat_interval", 1.0))
+        self.master_grace = float(welcome.get("master_grace", 60.0))
+        self.tick_interval = min(0.25, self.heartbeat_interval / 2)
+        return welcome
+
+    def _send_now(self, kind: Kind, body: dict) -> None:
+        self.dealer.send_multipart([pack_header(kind, 0, self.myid, P.MASTER_ID), P.dump_json(body)])
+
+    def _expect(self, kind: Kind, timeout: float) -> dict:
+        if not self.dealer.poll(int(timeout * 1000)):
+            raise MasterUnreachable(f"no answer from the master at {self.address} within "
+                                    f"{timeout} s")
+        frames = self.dealer.recv_multipart()
+        hdr = P.unpack_header(frames[0])
+        body = P.load_json(frames[1]) if len(frames) > 1 else {}
+        if hdr.kind == Kind.REFUSED:
+            raise AuthError(f"the master refused this worker: {body.get('reason', '?')}")
+        if hdr.kind != kind:
+            raise AuthError(f"expected {kind.name} from the master, got {hdr.kind.name}")
+        return body
+
+    # --- the Node hooks -----------------------------------------------------------------
+
+    def _sockets(self) -> list[zmq.Socket]:
+        return [self.dealer]
+
+    def _route(self, frames: list) -> None:
+        self.dealer.send_multipart(frames, copy=False)
+
+    def _from_network(self, sock: zmq.Socket, frames: list) -> None:
+        hdr = P.unpack_header(frames[0])  # the master is authenticated: trust its framing
+        self.last_from_master = time.monotonic()
+        self.dispatch(hdr, frames)
+
+    def _on_call(self, hdr: Header, frames: list) -> None:
+        self.inbox.put((hdr, frames))
+
+    def _on_control(self, hdr: Header, frames: list) -> None:
+        kind = hdr.kind
+        if kind == Kind.INTERRUPT:
+            if self.running:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+        elif kind == Kind.SHUTDOWN:
+            self.inbox.put(_SHUTDOWN)
+        elif kind == Kind.MEMBERS:
+            msg = P.load_json(frames[1])
+            self.members = [int(w) for w in msg.get("workers", [])]
+            self.topology = str(msg.get("topology", self.topology))
+        elif kind == Kind.PEER_DIED:
+            msg = P.load_json(frames[1])
+            wid = int(msg["id"])
+            self.members = [w for w in self.members if w != wid]
+            self.fail_target(wid, ProcessExitedError(wid, str(msg.get("cause", "?"))))
+
+    def _tick(self, now: float) -> None:
+        if now - self.last_beat >= self.heartbeat_interval:
+            self.last_beat = now
+            self.dealer.send_multipart([pack_header(Kind.HEARTBEAT, 0, self.myid, 1), b""])
+        silent = now - self.last_from_master
+        if silent > self.master_grace and not self.leaving:
+            sys.__stderr__.write(f"clustermgr worker {self.myid}: no word from the master for "
+                                 f"{silent:.1f} s (master_grace={self.master_grace}); exiting\n")
+            sys.__stderr__.flush()
+            os._exit(EXIT_MASTER_LOST)
+
+    def check_target(self, wid: int) -> None:
+        if wid == P.MASTER_ID:
+            return
+        if self.topology == "master_worker":
+            raise TopologyError("topology 'master_worker' forbids calls between workers; "
+                                "use addprocs(..., topology='all_to_all')")
+        if wid not in self.members:
+            raise ClusterError(f"there is no worker {wid}; the workers are {self.members}")
+
+    def live_ids(self) -> list[int]:
+        return list(self.members)
+
+    def least_busy(self) -> int:
+        counts = {w: 0 for w in self.members if w != self.myid}
+        for _, target in list(self.pending.values()):
+            if target in counts:
+                counts[target] += 1
+        if not counts:
+            raise ClusterError("no other workers to run on")
+        return min(counts, key=counts.__getitem__)
+
+    def run_here(self, fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clustermgr-self")
+        self._pool.submit(run_local, self, fut, f, args, kwargs)
+
+    def block_until(self, fut: Any, timeout: float | None) -> bool:
+        """On the main thread: keep running incoming calls while waiting for *fut*."""
+        if threading.current_thread() is not threading.main_thread():
+            return super().block_until(fut, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fut.add_done_callback(lambda _: self.inbox.put(_WAKE))
+        while not fut.done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                item = self.inbox.get(timeout=remaining)
+            except queue.Empty:
+                return fut.done()
+            if item is _SHUTDOWN:
+                self.leaving = True
+            elif item is not _WAKE:
+                self.run_task(*item)
+        return True
+
+    # --- the main thread ----------------------------------------------------------------
+
+    def run_task(self, hdr: Header, frames: list) -> None:
+        self.running += 1
+        try:
+            execute(self, hdr, frames)
+        finally:
+            self.running -= 1
+            _flush_std()
+
+    def serve(self) -> None:
+        """Run tasks until the master asks this worker to leave."""
+        while not self.leaving:
+            try:
+                item = self.inbox.get()
+                if item is _SHUTDOWN:
+                    break
+                if item is not _WAKE:
+                    self.run_task(*item)
+            except KeyboardInterrupt:
+                continue  # an interrupt that arrived after its task finished
+        self.send_msg(Kind.BYE, P.MASTER_ID)
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT interrupts a running task only (the runtime itself is never interrupted)."""
+        if self.running:
+            raise KeyboardInterrupt
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not kill the worker
+            pass
+
+
+class ForwardStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a worker: complete lines go to the master as OUTPUT
+    messages, in order with the task's result (both go through the same outbox)."""
+
+    def __init__(self, node: WorkerNode, stderr: bool) -> None:
+        self.node = node
+        self.flags = Flag.STDERR if stderr else Flag.NONE
+        self.buf: list[str] = []
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        with self.lock:
+            self.buf.append(s)
+            if "\n" in s:
+                text = "".join(self.buf)
+                cut = text.rfind("\n") + 1
+                self.buf = [text[cut:]] if cut < len(text) else []
+                self._send(text[:cut])
+        return len(s)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.buf:
+                text, self.buf = "".join(self.buf), []
+                if text:
+                    self._send(text)
+
+    def _send(self, text: str) -> None:
+        self.node.send_msg(Kind.OUTPUT, P.MASTER_ID, (text.encode(),), flags=self.flags)
+
+
+def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout: float = 60.0) -> int:
+    """Join the master at *address* and serve until told to leave; return the exit code."""
+    node = WorkerNode(address, secret, launch_id)
+    try:
+        welcome = node.handshake(connect_timeout)
+    except MasterUnreachable as exc:
+        print(f"clustermgr worker: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (AuthError, P.ProtocolError) as exc:
+        print(f"clustermgr worker: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    sys.path[:0] = [p for p in welcome.get("sys_path", []) if p not in sys.path]
+    set_current_node(node)
+    signal.signal(signal.SIGINT, node.on_sigint)
+    sys.stdout = ForwardStream(node, stderr=False)
+    sys.stderr = ForwardStream(node, stderr=True)
+    node.start()
+    try:
+        node.serve()
+    finally:
+        _flush_std()
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        node.stop()
+    return 0
