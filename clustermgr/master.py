@@ -31,6 +31,7 @@ _MID = slice(12, 20)
 #: Handshakes not finished within this many seconds are forgotten.
 HANDSHAKE_TIMEOUT = 30.0
 MAX_HANDSHAKES = 10_000
+_REQUESTS = (Kind.CALL, Kind.FETCH, Kind.CHANNEL)
 
 
 @dataclass
@@ -161,21 +162,26 @@ class MasterNode(Node):
         log.warning("dropped a message from an unauthenticated or misbehaving peer: %s", why)
 
     def _relay(self, src: WorkerInfo, hdr: Header, frames: list) -> None:
+        """Forward a worker's message to another worker, unopened.  The topology governs
+        requests only: the answer to an allowed request always goes through."""
         dst = self.workers.get(hdr.dst)
+        request = hdr.kind in _REQUESTS
         err: Exception | None = None
-        if self.topology == "master_worker":
+        if dst is None or dst.state == "dead":
+            err = self.dead.get(hdr.dst) or ClusterError(f"there is no worker {hdr.dst}")
+        elif request and self.topology == "master_worker":
             err = TopologyError("topology 'master_worker' forbids calls between workers; "
                                 "use addprocs(..., topology='all_to_all')")
-        elif dst is None or dst.state == "dead":
-            err = self.dead.get(hdr.dst) or ClusterError(f"there is no worker {hdr.dst}")
-        elif self.topology == "custom" and not self._connects(src, dst):
+        elif request and self.topology == "custom" and not self._connects(src, dst):
             err = TopologyError(f"the custom topology does not connect worker {src.id} "
                                 f"to worker {hdr.dst}")
         if err is None and self._send_raw(dst.identity, frames):  # type: ignore[union-attr]
             return
-        if hdr.kind in (Kind.CALL, Kind.FETCH, Kind.CHANNEL) and (
-                hdr.kind != Kind.CALL or hdr.flags & Flag.WANT_VALUE):
-            self.reply(hdr, err or ClusterError(f"worker {hdr.dst} is unreachable"), error=True)
+        err = err or ClusterError(f"worker {hdr.dst} is unreachable")
+        if request and (hdr.kind != Kind.CALL or hdr.flags & Flag.WANT_VALUE):
+            self.reply(hdr, err, error=True)
+        else:
+            log.info("dropped %s from worker %d to %d: %s", hdr.kind.name, src.id, hdr.dst, err)
 
     def _connects(self, a: WorkerInfo, b: WorkerInfo) -> bool:
         if a.launch is None or b.launch is None or a.launch.manager is not b.launch.manager:
@@ -308,7 +314,8 @@ class MasterNode(Node):
             return
         with self.joined:
             if not launch.wid:
-                launch.error = f"{cause} before joining" + (
+                # keep the first reason: a join timeout stays one after our kill ends it
+                launch.error = launch.error or f"{cause} before joining" + (
                     f"; its log ends with:\n{log_tail}" if log_tail else "")
                 self.joined.notify_all()
                 return

@@ -69,8 +69,9 @@ class WorkerNode(Node):
         challenge = self._expect(Kind.CHALLENGE, timeout)
         sn = P.decode_nonce(challenge.get("nonce"))
         if not P.check_proof(self.secret, b"master", cn, sn, challenge.get("proof")):
-            raise AuthError(f"the process at {self.address} does not hold this cluster's "
-                            "secret; refusing to run anything it sends")
+            raise AuthError(f"the master at {self.address} holds a different secret than "
+                            "this worker (check CLUSTERMGR_COOKIE or --cookie-file); refusing "
+                            "to run anything it sends")
         self._send_now(Kind.AUTH, {
             "proof": P.proof(self.secret, b"worker", cn, sn),
             "versions": versions or P.versions(), "launch_id": self.launch_id,

@@ -1,0 +1,145 @@
+"""addprocs / rmprocs / topology / launch failures."""
+
+import os
+import sys
+import threading
+
+import pytest
+
+import clustermgr as cm
+from clustermgr import LaunchError, TopologyError
+from clustermgr.managers import LocalManager
+
+
+def test_no_workers_means_the_master_works(fresh):
+    assert cm.workers() == [1] and cm.nworkers() == 1 and cm.procs() == [1]
+    assert cm.pmap(lambda x: x + 1, [1, 2]) == [2, 3]
+
+
+def test_addprocs_and_rmprocs(fresh):
+    ids = cm.addprocs(2)
+    assert ids == [2, 3] and cm.workers() == ids
+    more = cm.addprocs(1)
+    assert more == [4]
+    cm.rmprocs(3)
+    assert cm.workers() == [2, 4]
+    with pytest.raises(cm.ProcessExitedError, match="worker 3 exited: removed by rmprocs"):
+        cm.remotecall(abs, 3, 1)
+    cm.rmprocs([2, 4])
+    assert cm.workers() == [1]
+
+
+def test_unknown_keyword_lists_valid_ones(fresh):
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['nthreads'\].*'topology'"):
+        cm.addprocs(1, nthreads=2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"topology": "ring"}, "topology must be one of"),
+    ({"timeout": 0}, "timeout must be a positive"),
+    ({"dir": "/no/such/dir"}, "is not a directory"),
+])
+def test_bad_keyword_values(fresh, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cm.addprocs(1, **kwargs)
+
+
+def test_bad_counts(fresh):
+    with pytest.raises(TypeError, match="number of workers or a ClusterManager"):
+        cm.addprocs("two")
+    with pytest.raises(ValueError, match=">= 0"):
+        cm.addprocs(-1)
+
+
+def test_rmprocs_bad_ids(fresh):
+    cm.addprocs(1)
+    with pytest.raises(ValueError, match="master"):
+        cm.rmprocs(1)
+    with pytest.raises(ValueError, match="no worker 77"):
+        cm.rmprocs(77)
+
+
+def test_worker_options(fresh, tmp_path):
+    (tmp_path / "helper_mod_for_test.py").write_text("VALUE = 17\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        [w] = cm.addprocs(1, dir=str(tmp_path), env={"CM_TEST_VAR": "hello"},
+                          exeflags="-X utf8", python=sys.executable)
+        got = cm.remotecall_fetch(lambda: (
+            os.getcwd(), os.environ.get("CM_TEST_VAR"), sys.flags.utf8_mode,
+            os.environ.get("OMP_NUM_THREADS"), __import__("helper_mod_for_test").VALUE,
+            "CLUSTERMGR_COOKIE" in os.environ), w)
+        assert got == (str(tmp_path), "hello", 1, "1", 17, False)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_threaded_blas_opt_in(fresh):
+    [w] = cm.addprocs(1, enable_threaded_blas=True)
+    assert cm.remotecall_fetch(lambda: os.environ.get("OMP_NUM_THREADS"), w) != "1"
+
+
+def test_secret_not_in_worker_argv(fresh):
+    import psutil
+
+    from clustermgr.cluster import master
+
+    [w] = cm.addprocs(1)
+    pid = cm.remotecall_fetch(os.getpid, w)
+    argv = " ".join(psutil.Process(pid).cmdline())
+    assert master().secret.hex() not in argv
+
+
+def test_master_worker_topology(fresh):
+    cm.addprocs(2, topology="master_worker")
+    with pytest.raises(cm.RemoteError, match="TopologyError.*master_worker"):
+        cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, 3), 2)
+    assert cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, 1), 2) == 1
+    with pytest.raises(ValueError, match="already runs with topology 'master_worker'"):
+        cm.addprocs(1, topology="all_to_all")
+
+
+def test_custom_topology(fresh):
+    from clustermgr.cluster import master
+
+    ids = cm.addprocs(LocalManager(3, peers={0: {1}}), topology="custom")
+    by_index = {master().workers[w].launch.handle.index: w for w in ids}  # join order varies
+    a, b, c = by_index[0], by_index[1], by_index[2]
+    assert cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, b), a) == b
+    with pytest.raises(cm.RemoteError, match="does not connect worker"):
+        cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, c), a)
+
+
+def test_eager_routes(fresh):
+    assert cm.addprocs(3, lazy=False) == [2, 3, 4]
+
+
+def test_addprocs_in_background_thread_gives_early_workers(fresh):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("ids", cm.addprocs(3)))
+    t.start()
+    first = cm.pmap(lambda x: x, range(3))  # runs wherever workers already are
+    t.join(60)
+    assert first == [0, 1, 2] and result["ids"] == [2, 3, 4]
+
+
+def test_launch_error_bad_python(fresh):
+    with pytest.raises(LaunchError, match="exited with code 1 before joining"):
+        cm.addprocs(2, python=sys.executable, exeflags=["-c", "import sys; print('boom'); sys.exit(1)"])
+    assert cm.workers() == [1]
+
+
+def test_launch_error_missing_interpreter(fresh):
+    with pytest.raises(LaunchError, match="failed to launch workers"):
+        cm.addprocs(1, python="/no/such/python")
+
+
+def test_join_timeout_kills_the_straggler(fresh):
+    with pytest.raises(LaunchError, match="did not join within timeout=1.0 s") as info:
+        cm.addprocs(1, python=sys.executable, exeflags=["-c", "import time; time.sleep(600)"],
+                    timeout=1.0)
+    assert info.value.joined == []
+
+
+def test_topology_error_type():
+    assert issubclass(TopologyError, cm.ClusterError)
