@@ -34,6 +34,7 @@ def execute(node: "Node", hdr: Header, frames: list) -> None:
         if not want_reply:
             return
         out, flags = _encode_value(node, value)
+    flush_std()  # output the task wrote reaches the caller before its result
     node.send([pack_header(Kind.RESULT, flags, node.myid, hdr.src, 0, hdr.id), *out])
 
 
@@ -66,6 +67,14 @@ def _encode_value(node: "Node", value: Any) -> tuple[list, int]:
         err = ClusterError(f"the result ({type(value).__qualname__}) could not be pickled: {exc!r}")
         err.__cause__ = exc
         return error_frames(node.myid, err), Flag.ERROR
+
+
+def flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not break the reply
+            pass
 
 
 def _print_unreported(node: "Node", exc: BaseException) -> None:

@@ -79,6 +79,7 @@ class MasterNode(Node):
         self.handshakes: dict[bytes, tuple[bytes, bytes, float]] = {}
         self.workers: dict[int, WorkerInfo] = {}
         self.by_identity: dict[bytes, WorkerInfo] = {}
+        self.departed: dict[bytes, int] = {}  # identities of dead workers: late BYE etc.
         self.launches: dict[str, Launch] = {}
         self.dead: dict[int, ProcessExitedError] = {}
         self.load: dict[int, int] = {}
@@ -140,7 +141,9 @@ class MasterNode(Node):
             self._reject(identity, f"malformed frame: {exc}")
             return
         w = self.by_identity.get(identity)
-        if w is None:
+        if w is None and identity in self.departed:
+            log.debug("late %s from departed worker %d", hdr.kind.name, self.departed[identity])
+        elif w is None:
             self._handshake(identity, hdr, frames[2:])
         elif hdr.src != w.id:
             self._reject(identity, f"worker {w.id} sent a message claiming to be {hdr.src}")
@@ -335,6 +338,7 @@ class MasterNode(Node):
         if exited:
             w.gone.set()
         self.by_identity.pop(w.identity, None)
+        self.departed[w.identity] = wid
         exc = ProcessExitedError(wid, cause, log_tail)
         self.dead[wid] = exc
         self.load.pop(wid, None)

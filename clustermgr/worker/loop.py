@@ -26,7 +26,7 @@ import zmq
 
 from .. import protocol as P
 from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
-from ..execute import execute, run_local
+from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
 from ..transport import Node, set_current_node
 
@@ -200,7 +200,7 @@ class WorkerNode(Node):
             execute(self, hdr, frames)
         finally:
             self.running -= 1
-            _flush_std()
+            flush_std()
 
     def serve(self) -> None:
         """Run tasks until the master asks this worker to leave."""
@@ -219,14 +219,6 @@ class WorkerNode(Node):
         """SIGINT interrupts a running task only (the runtime itself is never interrupted)."""
         if self.running:
             raise KeyboardInterrupt
-
-
-def _flush_std() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream must not kill the worker
-            pass
 
 
 class ForwardStream(io.TextIOBase):
@@ -283,7 +275,7 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
     try:
         node.serve()
     finally:
-        _flush_std()
+        flush_std()
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         node.stop()
     return 0

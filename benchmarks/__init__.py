@@ -1,0 +1,1 @@
+"""Benchmarks: run ``python -m benchmarks.runtime`` (see README)."""
