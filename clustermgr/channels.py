@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import serialize
 from .errors import ChannelClosedError, ClusterError
@@ -127,7 +128,7 @@ OPS = {"put": Channel.put, "take": Channel.take, "fetch": Channel.fetch,
 class ChannelStore:
     """The channels one process owns, and the remote waiters blocked on them."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.channels: dict[str, Channel] = {}
         self.remote_waiters: dict[tuple[int, int], tuple[Channel, Waiter]] = {}
@@ -164,7 +165,7 @@ class ChannelStore:
 
     # --- requests from other processes (I/O thread) -----------------------------------
 
-    def on_request(self, hdr: "Header", frames: list) -> None:
+    def on_request(self, hdr: Header, frames: list) -> None:
         try:
             op, cid, arg = serialize.loads(frames[1:])
             if op == "create":
@@ -177,7 +178,7 @@ class ChannelStore:
         except Exception as exc:  # noqa: BLE001 - every failure is answered
             self.node.reply(hdr, exc, error=True)
 
-    def _start(self, hdr: "Header", chan: Channel, op: str, arg: Any) -> None:
+    def _start(self, hdr: Header, chan: Channel, op: str, arg: Any) -> None:
         key = (hdr.src, hdr.id)
 
         def waiter(ok: bool, value: Any) -> None:

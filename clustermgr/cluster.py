@@ -9,13 +9,15 @@ workers is the master's job.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .errors import ClusterError, LaunchError
 from .managers.base import ClusterManager, LaunchSpec, ManageOp
@@ -78,7 +80,7 @@ class AddprocsOptions:
     timeout: float = 60.0
 
     @classmethod
-    def parse(cls, kwargs: dict[str, Any]) -> "AddprocsOptions":
+    def parse(cls, kwargs: dict[str, Any]) -> AddprocsOptions:
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
@@ -129,7 +131,7 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
     except Exception as exc:
         _abandon(m, launches)
         raise LaunchError(f"{manager!r} failed to launch workers: {exc}",
-                          joined=[l.wid for l in launches if l.wid]) from exc
+                          joined=[done.wid for done in launches if done.wid]) from exc
     joined = _await_joins(m, launches, opts.timeout)
     if not opts.lazy and opts.topology == "all_to_all":
         _verify_routes(joined)
@@ -169,15 +171,15 @@ def _await_joins(m: MasterNode, launches: list[Launch], timeout: float) -> list[
             for launch in launches:
                 if not launch.wid and not launch.error and now - launch.started > timeout:
                     launch.error = f"did not join within timeout={timeout} s"
-            waiting = [l for l in launches if not l.wid and not l.error]
+            waiting = [launch for launch in launches if not launch.wid and not launch.error]
             if not waiting:
                 break
-            m.joined.wait(min(l.started + timeout for l in waiting) - now)
-    failed = [l for l in launches if l.error]
-    joined = sorted(l.wid for l in launches if l.wid)
+            m.joined.wait(min(launch.started + timeout for launch in waiting) - now)
+    failed = [launch for launch in launches if launch.error]
+    joined = sorted(launch.wid for launch in launches if launch.wid)
     if failed:
         _abandon(m, failed)
-        lines = "\n".join(f"  - {_describe(l)}: {l.error}" for l in failed)
+        lines = "\n".join(f"  - {_describe(launch)}: {launch.error}" for launch in failed)
         raise LaunchError(f"{len(failed)} of {len(launches)} workers failed to start:\n{lines}",
                           joined=joined)
     return joined
@@ -241,7 +243,7 @@ def _finish_removal(m: MasterNode, targets: list) -> None:
     for w in targets:
         if w.launch is not None:
             w.gone.wait(5.0)  # the manager's exit report follows the kill
-        m.call_soon(lambda w=w: m.declare_dead(w.id, "removed by rmprocs", exited=True))
+        m.call_soon(functools.partial(m.declare_dead, w.id, "removed by rmprocs", exited=True))
         if w.launch is not None and w.launch.handle is not None:
             w.launch.manager.manage(w.launch.handle, ManageOp.FINALIZE, w.id)
     for w in targets:

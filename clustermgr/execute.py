@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import serialize
 from .errors import ClusterError
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
     from .transport import Node
 
 
-def execute(node: "Node", hdr: Header, frames: list) -> None:
+def execute(node: Node, hdr: Header, frames: list) -> None:
     want_reply = bool(hdr.flags & Flag.WANT_VALUE)
+    flags: int
     try:
         f, args, kwargs = _decode_call(frames)
         value = f(*args, **kwargs)
@@ -38,7 +40,7 @@ def execute(node: "Node", hdr: Header, frames: list) -> None:
     node.send([pack_header(Kind.RESULT, flags, node.myid, hdr.src, 0, hdr.id), *out])
 
 
-def run_local(node: "Node", fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
+def run_local(node: Node, fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
     """A call a process makes to itself: no serialization, same error shape."""
     try:
         value = f(*args, **kwargs)
@@ -60,7 +62,7 @@ def _decode_call(frames: list) -> tuple[Callable, tuple, dict]:
                            "(is the module that defines it importable here?)") from exc
 
 
-def _encode_value(node: "Node", value: Any) -> tuple[list, int]:
+def _encode_value(node: Node, value: Any) -> tuple[list, int]:
     try:
         return serialize.dumps(value), Flag.NONE
     except Exception as exc:  # noqa: BLE001
@@ -77,6 +79,6 @@ def flush_std() -> None:
             pass
 
 
-def _print_unreported(node: "Node", exc: BaseException) -> None:
+def _print_unreported(node: Node, exc: BaseException) -> None:
     print(f"remote_do on process {node.myid} raised:", file=sys.stderr)
     traceback.print_exception(exc, file=sys.stderr)

@@ -11,9 +11,10 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -187,9 +188,10 @@ class MasterNode(Node):
             log.info("dropped %s from worker %d to %d: %s", hdr.kind.name, src.id, hdr.dst, err)
 
     def _connects(self, a: WorkerInfo, b: WorkerInfo) -> bool:
-        if a.launch is None or b.launch is None or a.launch.manager is not b.launch.manager:
+        la, lb = a.launch, b.launch
+        if la is None or lb is None or la.handle is None or lb.handle is None:
             return False
-        return a.launch.manager.connects(a.launch.handle, b.launch.handle)
+        return la.manager is lb.manager and la.manager.connects(la.handle, lb.handle)
 
     def _send_raw(self, identity: bytes, frames: list) -> bool:
         try:
@@ -242,7 +244,9 @@ class MasterNode(Node):
         if not P.check_proof(self.secret, b"worker", cn, sn, msg.get("proof")):
             raise P.AuthError("authentication failed: the worker does not hold this cluster's "
                               "secret (check CLUSTERMGR_COOKIE or the cookie file)")
-        theirs = msg.get("versions") if isinstance(msg.get("versions"), dict) else {}
+        theirs = msg.get("versions")
+        if not isinstance(theirs, dict):
+            theirs = {}
         mismatch = P.version_mismatch(P.versions(), theirs)
         if mismatch:
             raise P.AuthError(mismatch)

@@ -13,7 +13,8 @@ import heapq
 import math
 import queue
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
@@ -61,7 +62,7 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     distributed=False: run in this process (same retry and error semantics).
     timeout: seconds for the whole map (``TimeoutError``).
     """
-    items = list(zip(*iterables))
+    items = list(zip(*iterables, strict=False))  # the shortest iterable ends the map
     delays = list(retry_delays)
     if not items:
         return []
@@ -191,7 +192,7 @@ class _PMap:
         except (RemoteError, ProcessExitedError) as exc:
             self._failed_batch(batch, exc)
             return
-        for i, value in zip(batch, values):
+        for i, value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
                 self._failed_item(i, value.payload.to_exception())
             else:
@@ -246,7 +247,7 @@ def preduce(op: Callable[[Any, Any], Any], f: Callable[[Any], Any], iterable: It
     ids = workers()
     share = math.ceil(len(items) / len(ids))
     chunks = [items[i:i + share] for i in range(0, len(items), share)]
-    futs = [remotecall(_reduce_chunk, wid, op, f, chunk) for wid, chunk in zip(ids, chunks)]
+    futs = [remotecall(_reduce_chunk, wid, op, f, chunk) for wid, chunk in zip(ids, chunks, strict=False)]
     return functools.reduce(op, [fut.fetch(timeout) for fut in futs])
 
 

@@ -12,7 +12,8 @@ import collections
 import itertools
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import cloudpickle
 
@@ -82,7 +83,7 @@ class WorkerPool:
                 self._free.append(wid)
                 self._cond.notify()
 
-    def wrap(self, f: Callable, wid: int) -> Callable:
+    def wrap(self, f: Callable, wid: int) -> Callable | CachedFunction:
         """What to send to *wid* for *f* (the CachingPool sends a key)."""
         return f
 
@@ -114,7 +115,7 @@ class CachingPool(WorkerPool):
         super().__init__(ids)
         self._shipped = FunctionCache()
 
-    def wrap(self, f: Callable, wid: int) -> Callable:
+    def wrap(self, f: Callable, wid: int) -> Callable | CachedFunction:
         return self._shipped.ref(f, wid)
 
     def clear(self) -> None:
@@ -129,7 +130,7 @@ class FunctionCache:
         self._shipped: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
-    def ref(self, f: Callable, wid: int) -> "Callable | CachedFunction":
+    def ref(self, f: Callable, wid: int) -> Callable | CachedFunction:
         from .cluster import myid
 
         if wid == myid():
@@ -166,6 +167,9 @@ class CachedFunction:
 
     def __init__(self, key: str, payload: bytes | None) -> None:
         self.key, self.payload = key, payload
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _resolve(self.key, self.payload)(*args, **kwargs)
 
     def __reduce__(self):
         return _resolve, (self.key, self.payload)

@@ -91,9 +91,6 @@ class Header:
     id: int
     ref: int
 
-    def pack(self) -> bytes:
-        return pack_header(self.kind, self.flags, self.src, self.dst, self.id, self.ref)
-
 
 def pack_header(kind: int, flags: int, src: int, dst: int, mid: int = 0, ref: int = 0) -> bytes:
     return _HEADER.pack(PROTOCOL_VERSION, kind, flags, src, dst, mid, ref)
@@ -141,7 +138,7 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {
-        "python": "%d.%d" % sys.version_info[:2],
+        "python": "{}.{}".format(*sys.version_info[:2]),
         "cloudpickle": cloudpickle.__version__,
         "clustermgr": __version__,
     }

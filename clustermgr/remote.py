@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import serialize
 from .errors import ClusterError, RemoteError, RemoteTraceback
@@ -25,7 +26,7 @@ _UNSET = object()
 CONTROL_TIMEOUT = 30.0
 
 
-def get_node() -> "Node":
+def get_node() -> Node:
     from .cluster import node
 
     return node()
@@ -77,7 +78,7 @@ class Future:
     (the caller).  Thread-safe.  Users get Futures from ``remotecall``/``spawnat``.
     """
 
-    def __init__(self, where: int, *, node: "Node | None" = None, owner: int | None = None,
+    def __init__(self, where: int, *, node: Node | None = None, owner: int | None = None,
                  fid: int | None = None) -> None:
         self._node = node or get_node()
         self.where = where
@@ -118,7 +119,7 @@ class Future:
         for cb in callbacks:
             cb(self)
 
-    def add_done_callback(self, fn: Callable[["Future"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[Future], None]) -> None:
         """Call ``fn(future)`` once the value is in (at once if it is already)."""
         with self._lock:
             if not self._event.is_set():
@@ -189,7 +190,7 @@ class Future:
         else:
             self._value = obj
 
-    def _remote(self) -> "Future":
+    def _remote(self) -> Future:
         with self._lock:
             if self._proxy is None:
                 self._proxy = Future(self.owner, node=self._node)

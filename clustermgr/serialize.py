@@ -14,7 +14,8 @@ thread that fetches them, so the I/O threads only move frames.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cloudpickle
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 #: ``output`` may be "print", None (silence), or ``fn(worker_id, line, stream_name)``.
-OutputSink = Union[str, None, Callable[[int, str, str], None]]
+OutputSink = str | None | Callable[[int, str, str], None]
 
 
 @dataclass

@@ -18,19 +18,21 @@ Subclasses: ``master.MasterNode`` (ROUTER, handshake, relay, worker table) and
 
 from __future__ import annotations
 
+import abc
 import collections
 import itertools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from . import serialize
 from .channels import ChannelStore
 from .errors import ClusterError, ProcessExitedError
-from .protocol import Flag, Header, Kind, pack_header, unpack_header
+from .protocol import Flag, Header, Kind, pack_header
 
 if TYPE_CHECKING:
     from .remote import Future
@@ -38,21 +40,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("clustermgr")
 
 _WAKE = [b""]
-_current: "Node | None" = None
-_current_lock = threading.Lock()
+_current: Node | None = None
 
 
-def current_node() -> "Node | None":
+def current_node() -> Node | None:
     """This process's node: the worker's, or the master's once it exists."""
     return _current
 
 
-def set_current_node(node: "Node | None") -> None:
+def set_current_node(node: Node | None) -> None:
     global _current
     _current = node
 
 
-class Node:
+class Node(abc.ABC):
     """Base of the master and worker runtimes; see the module docstring."""
 
     tick_interval = 0.25
@@ -98,29 +99,41 @@ class Node:
                  flags: int = 0, mid: int = 0, ref: int = 0) -> None:
         self.send([pack_header(kind, flags, self.myid, dst, mid, ref), *frames])
 
-    def request(self, kind: Kind, dst: int, obj: Any, fut: "Future", flags: int = 0,
+    def request(self, kind: Kind, dst: int, obj: Any, fut: Future, flags: int = 0,
                 ref: int = 0) -> None:
         """Send a request whose RESULT completes *fut* (``fut.id`` is the message id)."""
         frames = serialize.dumps(obj)
         self.track(fut, dst)
         self.send([pack_header(kind, flags, self.myid, dst, fut.id, ref), *frames])
 
-    def track(self, fut: "Future", target: int) -> None:
+    def track(self, fut: Future, target: int) -> None:
         """Expect a RESULT for ``fut.id`` from *target*; fail it at once if *target* is gone."""
         self.pending[fut.id] = (fut, target)
         dead = self.death_of(target)
         if dead is not None and self.pending.pop(fut.id, None) is not None:
             fut._set_exception(dead)
 
+    @abc.abstractmethod
     def check_target(self, wid: int) -> None:
         """Raise if a call to *wid* can never be delivered (unknown, dead, topology)."""
-        raise NotImplementedError  # each subclass knows its own view of the cluster
+
+    @abc.abstractmethod
+    def live_ids(self) -> list[int]:
+        """The worker ids this process knows to be alive."""
+
+    @abc.abstractmethod
+    def least_busy(self) -> int:
+        """The worker with the fewest calls from this process in flight."""
+
+    @abc.abstractmethod
+    def run_here(self, fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:
+        """Run a call this process makes to itself (off the calling thread)."""
 
     def death_of(self, wid: int) -> ProcessExitedError | None:
         """The error for calls to *wid* when it is known to be dead, else None."""
         return None
 
-    def block_until(self, fut: "Future", timeout: float | None) -> bool:
+    def block_until(self, fut: Future, timeout: float | None) -> bool:
         """Wait for *fut*; the worker's main thread overrides this to keep serving calls."""
         return fut._event.wait(timeout)
 
@@ -182,12 +195,13 @@ class Node:
             return
         self._route(frames)
 
+    @abc.abstractmethod
     def _route(self, frames: list) -> None:
-        """Deliver a message built by this process (subclasses)."""
-        raise NotImplementedError
+        """Deliver a message built by this process."""
 
+    @abc.abstractmethod
     def _from_network(self, sock: zmq.Socket, frames: list) -> None:
-        raise NotImplementedError
+        """Handle a message from the network socket *sock*."""
 
     def _tick(self, now: float) -> None:
         """Periodic work on the I/O thread: heartbeats, deadlines (subclasses)."""
@@ -223,8 +237,9 @@ class Node:
         if entry is not None:
             entry[0]._set_frames(frames[1:], hdr.flags, hdr.src)
 
+    @abc.abstractmethod
     def _on_call(self, hdr: Header, frames: list) -> None:
-        raise NotImplementedError
+        """Run an incoming CALL (the worker: on its main thread; the master: in a pool)."""
 
     def _on_control(self, hdr: Header, frames: list) -> None:
         log.debug("ignoring %s from %d", hdr.kind.name, hdr.src)
@@ -241,7 +256,7 @@ class Node:
         else:
             fut.add_done_callback(lambda f: self._send_future_value(hdr, f))
 
-    def _send_future_value(self, hdr: Header, fut: "Future") -> None:
+    def _send_future_value(self, hdr: Header, fut: Future) -> None:
         raw = fut._raw_frames()
         if raw is not None:
             frames, flags = raw

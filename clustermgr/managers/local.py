@@ -16,8 +16,11 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
+
+import psutil
 
 from .base import ClusterManager, LaunchSpec, WorkerHandle
 
@@ -40,6 +43,32 @@ def describe_exit(code: int | None) -> str:
             name = "signal"
         return f"killed by signal {name} ({-code})"
     return f"exited with code {code}"
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _signal_tree(pid: int, tree: list[psutil.Process], sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the worker leads its own process group
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in tree:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def tail(path: str, lines: int = 20) -> str:
@@ -102,20 +131,21 @@ class LocalManager(ClusterManager):
         return getattr(b, "index", -1) in self.peers.get(getattr(a, "index", -1), set())
 
     def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:
+        """Wait *grace* s for the worker to leave, then SIGTERM, then SIGKILL: its process
+        group and every descendant (also those that left the group)."""
         proc = handle.proc  # type: ignore[attr-defined]
         if proc is None:
             return
+        tree = _descendants(proc.pid)
         for sig, wait in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
             if sig is not None:
-                try:
-                    os.killpg(proc.pid, sig)  # the worker leads its own process group
-                except (ProcessLookupError, PermissionError):
-                    pass
+                _signal_tree(proc.pid, tree, sig)
             try:
                 proc.wait(timeout=wait)
-                return
+                break
             except subprocess.TimeoutExpired:
                 continue
+        _signal_tree(proc.pid, [p for p in tree if _running(p)], signal.SIGKILL)
 
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         return tail(getattr(handle, "log_path", ""), lines)

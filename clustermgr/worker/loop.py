@@ -20,7 +20,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -139,9 +140,8 @@ class WorkerNode(Node):
             self.dealer.send_multipart([pack_header(Kind.HEARTBEAT, 0, self.myid, 1), b""])
         silent = now - self.last_from_master
         if silent > self.master_grace and not self.leaving:
-            sys.__stderr__.write(f"clustermgr worker {self.myid}: no word from the master for "
-                                 f"{silent:.1f} s (master_grace={self.master_grace}); exiting\n")
-            sys.__stderr__.flush()
+            os.write(2, f"clustermgr worker {self.myid}: no word from the master for "
+                        f"{silent:.1f} s (master_grace={self.master_grace}); exiting\n".encode())
             os._exit(EXIT_MASTER_LOST)
 
     def check_target(self, wid: int) -> None:
@@ -277,5 +277,24 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
     finally:
         flush_std()
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        end_descendants()
         node.stop()
     return 0
+
+
+def end_descendants(grace: float = 2.0) -> None:
+    """A leaving worker takes what its tasks started with it (even detached processes)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
