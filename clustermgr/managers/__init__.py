@@ -1,6 +1,7 @@
 """Cluster managers: the abstract contract and the back ends."""
 
+from .affinity import AffinityMode, LocalAffinityManager
 from .base import ClusterManager, LaunchSpec, ManageOp, WorkerHandle
 from .local import LocalManager
 
-__all__ = ["ClusterManager", "LaunchSpec", "LocalManager", "ManageOp", "WorkerHandle"]
+__all__ = ["AffinityMode", "ClusterManager", "LocalAffinityManager", "LaunchSpec", "LocalManager", "ManageOp", "WorkerHandle"]

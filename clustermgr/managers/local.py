@@ -115,15 +115,23 @@ class LocalManager(ClusterManager):
         for index in range(self.np):
             launch_id = secrets.token_hex(8)
             log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
+            env = {**base_env, **spec.environment(launch_id), **self.worker_env(index)}
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
-                    spec.argv(), env={**base_env, **spec.environment(launch_id)},
-                    cwd=spec.dir, stdin=subprocess.DEVNULL, stdout=log,
+                    self.worker_command(spec, index), env=env, cwd=spec.dir, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
             handle = LocalHandle(launch_id, "localhost", proc, log_path, index)
             self._handles.append(handle)
             self._watcher.watch(handle)  # type: ignore[union-attr]
             yield handle
+
+    def worker_command(self, spec: LaunchSpec, index: int) -> list[str]:
+        """argv of worker *index* (subclasses wrap it, e.g. in ``taskset``)."""
+        return spec.argv()
+
+    def worker_env(self, index: int) -> dict[str, str]:
+        """Extra environment of worker *index* (subclasses: GPU pinning)."""
+        return {}
 
     def connects(self, a: WorkerHandle, b: WorkerHandle) -> bool:
         if self.peers is None:
