@@ -80,20 +80,21 @@ class AddprocsOptions:
     timeout: float = 60.0
 
     @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
     def parse(cls, kwargs: dict[str, Any]) -> AddprocsOptions:
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(names))
+        unknown = sorted(set(kwargs) - set(cls.names()))
         if unknown:
             raise TypeError(f"addprocs() got unknown keyword(s) {unknown}; valid keywords: "
-                            f"{names}. Manager options go to the manager, e.g. "
+                            f"{cls.names()}. Manager options go to the manager, e.g. "
                             "addprocs(LocalManager(4, ...))")
         opts = cls(**kwargs)
         if opts.topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, not {opts.topology!r}")
         if not (isinstance(opts.timeout, (int, float)) and opts.timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, not {opts.timeout!r}")
-        if opts.dir is not None and not os.path.isdir(opts.dir):
-            raise ValueError(f"dir={opts.dir!r} is not a directory")
         if isinstance(opts.exeflags, str):
             opts.exeflags = shlex.split(opts.exeflags)
         return opts
@@ -103,11 +104,14 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
     """Start workers and return their ids once all have joined.
 
     ``addprocs(4)`` starts 4 local workers; ``addprocs()`` one per CPU this process may
-    use; ``addprocs(manager)`` uses any ``ClusterManager``.  Workers are usable as each
+    use; ``addprocs(["host", ("user@host2:2222", 4)], **kw)`` SSH workers (``SSHManager``
+    keywords accepted too); ``addprocs(manager)`` uses any ``ClusterManager``.  Workers are usable as each
     joins (call ``addprocs`` in a thread to start working before the slowest arrives).
     Raises ``LaunchError`` naming the workers that failed (``.joined`` lists those that did
     join; they stay).  Keywords: see ``AddprocsOptions``.
     """
+    if isinstance(n_or_manager, (list, tuple)):
+        n_or_manager, kwargs = _ssh_manager(n_or_manager, kwargs)
     opts = AddprocsOptions.parse(kwargs)
     manager = _manager_for(n_or_manager)
     m = master()
@@ -136,6 +140,20 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
     if not opts.lazy and opts.topology == "all_to_all":
         _verify_routes(joined)
     return joined
+
+
+def _ssh_manager(machines: Sequence[Any], kwargs: dict[str, Any]) -> tuple[ClusterManager, dict]:
+    """``addprocs(["host", ("host2", 4)], **kw)``: SSH workers; kw split between the
+    runtime and ``SSHManager``."""
+    from .managers.ssh import SSHManager
+
+    runtime = {k: v for k, v in kwargs.items() if k in AddprocsOptions.names()}
+    ssh = {k: v for k, v in kwargs.items() if k not in runtime}
+    unknown = sorted(set(ssh) - set(SSHManager.default_params()))
+    if unknown:
+        raise TypeError(f"addprocs(machines) got unknown keyword(s) {unknown}; valid keywords: "
+                        f"{AddprocsOptions.names() + sorted(SSHManager.default_params())}")
+    return SSHManager(machines, **ssh), runtime
 
 
 def _manager_for(n_or_manager: Any) -> ClusterManager:

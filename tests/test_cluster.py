@@ -38,11 +38,15 @@ def test_unknown_keyword_lists_valid_ones(fresh):
 @pytest.mark.parametrize("kwargs, match", [
     ({"topology": "ring"}, "topology must be one of"),
     ({"timeout": 0}, "timeout must be a positive"),
-    ({"dir": "/no/such/dir"}, "is not a directory"),
 ])
 def test_bad_keyword_values(fresh, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cm.addprocs(1, **kwargs)
+
+
+def test_missing_dir(fresh):
+    with pytest.raises(LaunchError, match="is not a directory"):
+        cm.addprocs(1, dir="/no/such/dir")
 
 
 def test_bad_counts(fresh):

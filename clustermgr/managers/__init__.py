@@ -4,4 +4,5 @@ from .affinity import AffinityMode, LocalAffinityManager
 from .base import ClusterManager, LaunchSpec, ManageOp, WorkerHandle
 from .local import LocalManager
 
-__all__ = ["AffinityMode", "ClusterManager", "LocalAffinityManager", "LaunchSpec", "LocalManager", "ManageOp", "WorkerHandle"]
+__all__ = ["AffinityMode", "ClusterManager", "LaunchSpec", "LocalAffinityManager",
+           "LocalManager", "ManageOp", "WorkerHandle"]

@@ -13,7 +13,8 @@ import enum
 import glob
 import os
 import shutil
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..errors import LaunchError
 from .base import LaunchSpec, WorkerHandle

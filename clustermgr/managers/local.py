@@ -108,6 +108,11 @@ class LocalManager(ClusterManager):
         return {"np": len(os.sched_getaffinity(0)), "peers": None}
 
     def launch(self, spec: LaunchSpec) -> Iterator[LocalHandle]:
+        if not os.path.isdir(spec.dir):
+            raise ValueError(f"dir={spec.dir!r} is not a directory")
+        return self._launch(spec)
+
+    def _launch(self, spec: LaunchSpec) -> Iterator[LocalHandle]:
         if not self.log_dir:
             self.log_dir = tempfile.mkdtemp(prefix="clustermgr-logs-")
             self._watcher = _ExitWatcher(spec, self)
@@ -118,8 +123,9 @@ class LocalManager(ClusterManager):
             env = {**base_env, **spec.environment(launch_id), **self.worker_env(index)}
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
-                    self.worker_command(spec, index), env=env, cwd=spec.dir, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                    self.worker_command(spec, index), env=env, cwd=spec.dir,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True)
             handle = LocalHandle(launch_id, "localhost", proc, log_path, index)
             self._handles.append(handle)
             self._watcher.watch(handle)  # type: ignore[union-attr]

@@ -8,11 +8,13 @@ secret from ``CLUSTERMGR_COOKIE`` or a 0600 file (``--cookie-file`` or
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import threading
 
 from ..protocol import read_cookie_file, read_secret_from_env
-from .loop import run_worker
+from .loop import EXIT_CHANNEL_CLOSED, end_descendants, run_worker
 
 
 def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.ArgumentParser:
@@ -22,6 +24,9 @@ def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.Argument
     parser.add_argument("--connect", metavar="HOST:PORT",
                         help="the master's address (default: $CLUSTERMGR_MASTER)")
     parser.add_argument("--cookie-file", metavar="PATH", help="file holding the secret (0600)")
+    parser.add_argument("--stdin-config", action="store_true",
+                        help="read the environment (secret included) as one JSON line on stdin "
+                        "and exit when stdin closes (how SSHManager starts workers)")
     parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
                         default=float(os.environ.get("CLUSTERMGR_CONNECT_TIMEOUT", 60)),
                         help="give up if the master does not answer in time (default 60)")
@@ -30,6 +35,14 @@ def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.Argument
 
 def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker") -> int:
     args = build_parser(prog).parse_args(argv)
+    if args.stdin_config:
+        try:
+            os.environ.update(json.loads(sys.stdin.buffer.readline())["env"])
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"clustermgr worker: --stdin-config needs one JSON line {{\"env\": {{...}}}}: {exc}",
+                  file=sys.stderr)
+            return 2
+        threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     address = args.connect or os.environ.get("CLUSTERMGR_MASTER")
     if not address:
         print("clustermgr worker: no master address; pass --connect HOST:PORT or set "
@@ -48,6 +61,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
         return 2
     launch_id = os.environ.pop("CLUSTERMGR_LAUNCH_ID", "")
     return run_worker(address, secret, launch_id, args.connect_timeout)
+
+
+def _exit_when_stdin_closes() -> None:
+    """The launcher's channel is gone (an SSH connection dropped): leave, with our children."""
+    while os.read(sys.stdin.fileno(), 65536):
+        pass
+    end_descendants(grace=1.0)
+    os._exit(EXIT_CHANNEL_CLOSED)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ on the main thread, the worker keeps running incoming calls (nested), so two wor
 call each other cannot deadlock.
 
 Exit codes: 0 asked to leave; 3 refused by the master (wrong secret, version mismatch);
-4 master unreachable within ``connect_timeout``; 5 master silent for ``master_grace``.
+4 master unreachable within ``connect_timeout``; 5 master silent for ``master_grace``;
+6 the launcher's channel closed (``--stdin-config``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
 from ..transport import Node, set_current_node
 
-EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST = 3, 4, 5
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED = 3, 4, 5, 6
 _WAKE = object()
 _SHUTDOWN = object()
 
