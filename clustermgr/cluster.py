@@ -116,9 +116,7 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
     manager = _manager_for(n_or_manager)
     m = master()
     _set_topology(m, opts.topology)
-    with _lock:
-        if manager not in _managers:
-            _managers.append(manager)
+    register_manager(manager)
     launches: list[Launch] = []
 
     def expect(launch_id: str) -> None:
@@ -154,6 +152,13 @@ def _ssh_manager(machines: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Clust
         raise TypeError(f"addprocs(machines) got unknown keyword(s) {unknown}; valid keywords: "
                         f"{AddprocsOptions.names() + sorted(SSHManager.default_params())}")
     return SSHManager(machines, **ssh), runtime
+
+
+def register_manager(manager: ClusterManager) -> None:
+    """Have ``shutdown()`` close *manager* (addprocs does this for the managers it uses)."""
+    with _lock:
+        if manager not in _managers:
+            _managers.append(manager)
 
 
 def _manager_for(n_or_manager: Any) -> ClusterManager:

@@ -68,7 +68,7 @@ class MasterNode(Node):
     def __init__(self, settings: Settings) -> None:
         super().__init__(P.MASTER_ID)
         self.settings = settings
-        self.secret = P.new_secret()
+        self.secret = P.cookie_bytes(settings.cookie) if settings.cookie else P.new_secret()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -90,6 +90,29 @@ class MasterNode(Node):
         self._rr = 0
         self._pool: ThreadPoolExecutor | None = None
         self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
+
+    def listen(self, addr: str, port: int = 0, timeout: float = 10.0) -> str:
+        """Listen on one more endpoint (any thread); returns ``tcp://addr:port``."""
+        done = threading.Event()
+        box: list[Any] = []
+
+        def bind() -> None:
+            try:
+                if port:
+                    self.router.bind(f"tcp://{addr}:{port}")
+                    box.append(f"tcp://{addr}:{port}")
+                else:
+                    box.append(f"tcp://{addr}:{self.router.bind_to_random_port(f'tcp://{addr}')}")
+            except zmq.ZMQError as exc:
+                box.append(exc)
+            done.set()
+
+        self.call_soon(bind)
+        if not done.wait(timeout):
+            raise ClusterError(f"could not listen on {addr}:{port} within {timeout} s")
+        if isinstance(box[0], Exception):
+            raise ClusterError(f"cannot listen on {addr}:{port}: {box[0]}")
+        return box[0]
 
     def _bind_fixed(self, settings: Settings) -> int:
         self.router.bind(f"tcp://{settings.bind}:{settings.port}")
@@ -208,9 +231,19 @@ class MasterNode(Node):
         w = self.workers.get(dst)
         if w is not None and w.state != "dead" and self._send_raw(w.identity, frames):
             return
+        if w is not None and w.state != "dead":
+            self._connection_lost(w)  # the call stays pending: the death path fails it
+            return
         entry = self.pending.pop(int.from_bytes(head[_MID], "little"), None)
         if entry is not None:
-            entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"worker {dst} is unreachable"))
+            entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"there is no worker {dst}"))
+
+    def _connection_lost(self, w: WorkerInfo) -> None:
+        """ZeroMQ no longer has a connection to *w*.  Without a launcher to report its exit
+        (a hand-started worker) that is its end; otherwise the launcher's report (with the
+        exit code or signal) or the heartbeat timeout declares it dead."""
+        if w.launch is None:
+            self.declare_dead(w.id, "its connection to the master closed")
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -334,7 +367,8 @@ class MasterNode(Node):
         w.gone.set()
 
     def declare_dead(self, wid: int, cause: str, log_tail: str = "", exited: bool = False) -> None:
-        """Mark *wid* dead, fail its calls, tell the others (I/O thread)."""
+        """Mark *wid* dead, tell the others, then fail its calls (I/O thread).  The cluster's
+        view is updated first, so a caller that sees the error sees the worker gone too."""
         w = self.workers[wid]
         if w.state == "dead":
             return
@@ -346,7 +380,6 @@ class MasterNode(Node):
         exc = ProcessExitedError(wid, cause, log_tail)
         self.dead[wid] = exc
         self.load.pop(wid, None)
-        self.fail_target(wid, exc)
         payload = P.dump_json({"id": wid, "cause": cause})
         for other in self.workers.values():
             if other.state != "dead":
@@ -354,10 +387,11 @@ class MasterNode(Node):
         self._broadcast_members()
         if w.launch is not None:
             self._notify_manager(w.launch, ManageOp.DEREGISTER, wid)
-        with self.joined:
-            self.joined.notify_all()
         for listener in list(self.listeners):
             listener("leave", wid)
+        with self.joined:
+            self.joined.notify_all()
+        self.fail_target(wid, exc)
         log.info("worker %d is gone: %s", wid, cause)
 
     def _broadcast_members(self) -> None:

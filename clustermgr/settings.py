@@ -32,6 +32,7 @@ class Settings:
     bind: str = "127.0.0.1"
     port: int = 0
     shutdown_timeout: float = 5.0
+    cookie: str | None = field(default=None, repr=False)
     _frozen: bool = field(default=False, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -39,7 +40,7 @@ class Settings:
         unknown = sorted(set(changes) - set(names))
         if unknown:
             raise TypeError(f"unknown setting(s) {unknown}; valid settings: {names}")
-        frozen = {"bind", "port"} & set(changes)
+        frozen = {"bind", "port", "cookie"} & set(changes)
         if self._frozen and frozen:
             raise RuntimeError(f"{sorted(frozen)} cannot change once the master is listening; "
                                "call configure() before the first addprocs()")

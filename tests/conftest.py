@@ -22,8 +22,8 @@ def live_worker_pids() -> set[int]:
     for w in node.workers.values():
         handle = w.launch.handle if w.launch else None
         proc = getattr(handle, "proc", None)
-        if w.state != "dead" and proc is not None:
-            pids.add(proc.pid)
+        if w.state != "dead":
+            pids.add(proc.pid if proc is not None else w.pid)  # w.pid: hand-started workers
     return pids
 
 
@@ -73,7 +73,8 @@ def fresh():
     cm.shutdown()
     yield
     cm.shutdown()
-    cm.configure(heartbeat_interval=1.0, heartbeat_timeout=30.0, master_grace=60.0, output="print")
+    cm.configure(heartbeat_interval=1.0, heartbeat_timeout=30.0, master_grace=60.0,
+                 output="print", cookie=None)
 
 
 def pid_of(wid: int) -> int:

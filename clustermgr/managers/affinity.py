@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import LaunchError
-from .base import LaunchSpec, WorkerHandle
-from .local import LocalManager
+from .base import LaunchSpec
+from .local import LocalHandle, LocalManager
 
 
 class AffinityMode(enum.Enum):
@@ -114,7 +114,7 @@ class LocalAffinityManager(LocalManager):
                              f"{self.allowed} (see os.sched_getaffinity / taskset -p)")
         return cpus
 
-    def launch(self, spec: LaunchSpec) -> Iterator[WorkerHandle]:
+    def launch(self, spec: LaunchSpec) -> Iterator[LocalHandle]:
         if shutil.which("taskset") is None:
             raise LaunchError("taskset is not installed; it comes with util-linux "
                               "(apt-get install util-linux)")

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from ..protocol import read_cookie_file, read_secret_from_env
-from .loop import EXIT_CHANNEL_CLOSED, end_descendants, run_worker
+from .loop import EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED, end_descendants, run_worker
 
 
 def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.ArgumentParser:
@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
               "(a file of mode 0600)", file=sys.stderr)
         return 2
     launch_id = os.environ.pop("CLUSTERMGR_LAUNCH_ID", "")
-    return run_worker(address, secret, launch_id, args.connect_timeout)
+    while True:
+        code = run_worker(address, secret, launch_id, args.connect_timeout)
+        if code != EXIT_MASTER_RESTARTED:
+            return code
+        print(f"clustermgr worker: the master at {address} restarted; joining it again",
+              file=sys.stderr)
+        launch_id = ""  # the new master did not launch this worker
 
 
 def _exit_when_stdin_closes() -> None:

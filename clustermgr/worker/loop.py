@@ -8,7 +8,8 @@ call each other cannot deadlock.
 
 Exit codes: 0 asked to leave; 3 refused by the master (wrong secret, version mismatch);
 4 master unreachable within ``connect_timeout``; 5 master silent for ``master_grace``;
-6 the launcher's channel closed (``--stdin-config``).
+6 the launcher's channel closed (``--stdin-config``); 7 the master restarted and no longer
+knows this worker (``clustermgr worker`` then joins it afresh).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
 from ..transport import Node, set_current_node
 
-EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED = 3, 4, 5, 6
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED = \
+    3, 4, 5, 6, 7
 _WAKE = object()
 _SHUTDOWN = object()
 
@@ -61,6 +63,7 @@ class WorkerNode(Node):
         self.last_beat = 0.0
         self.running = 0  # depth of tasks on the main thread (nested calls)
         self.leaving = False
+        self.restarted = False
         self._pool: Any = None
 
     # --- handshake (main thread, before the I/O thread starts) ------------------------
@@ -125,6 +128,11 @@ class WorkerNode(Node):
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
         elif kind == Kind.SHUTDOWN:
             self.inbox.put(_SHUTDOWN)
+        elif kind == Kind.REFUSED:  # a new master on the same address: start over
+            self.restarted = True
+            self.inbox.put(_SHUTDOWN)
+            if self.running:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
         elif kind == Kind.MEMBERS:
             msg = P.load_json(frames[1])
             self.members = [int(w) for w in msg.get("workers", [])]
@@ -280,7 +288,9 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         end_descendants()
         node.stop()
-    return 0
+        node.ctx.destroy(linger=0)
+        set_current_node(None)
+    return EXIT_MASTER_RESTARTED if node.restarted else 0
 
 
 def end_descendants(grace: float = 2.0) -> None:
