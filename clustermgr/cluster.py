@@ -26,7 +26,7 @@ from .master import Launch, MasterNode
 from .protocol import Kind, pack_header
 from .remote import remotecall
 from .settings import Settings
-from .transport import Node, current_node, set_current_node
+from .transport import Node, current_node, log, set_current_node
 
 TOPOLOGIES = ("all_to_all", "master_worker", "custom")
 _lock = threading.RLock()
@@ -247,7 +247,8 @@ def rmprocs(*ids: int | Iterable[int], waitfor: float = 10.0) -> None:
         for w in targets:
             if w.state == "up":
                 w.state = "removing"
-                m._send_raw(w.identity, [pack_header(Kind.SHUTDOWN, 0, 1, w.id), b""])
+                if not m._send_raw(w.identity, [pack_header(Kind.SHUTDOWN, 0, 1, w.id), b""]):
+                    log.info("worker %d is unreachable; it will be asked again if it speaks", w.id)
 
     m.call_soon(ask)
     deadline = time.monotonic() + waitfor

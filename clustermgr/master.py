@@ -166,7 +166,7 @@ class MasterNode(Node):
             return
         w = self.by_identity.get(identity)
         if w is None and identity in self.departed:
-            log.debug("late %s from departed worker %d", hdr.kind.name, self.departed[identity])
+            self._tell_departed(identity, hdr)
         elif w is None:
             self._handshake(identity, hdr, frames[2:])
         elif hdr.src != w.id:
@@ -177,6 +177,14 @@ class MasterNode(Node):
                 self._relay(w, hdr, frames[1:])
             else:
                 self.dispatch(hdr, frames[1:])
+
+    def _tell_departed(self, identity: bytes, hdr: Header) -> None:
+        """A worker declared dead is still talking (it missed its SHUTDOWN, or it was
+        stopped and resumed): its calls have failed already, so it must leave."""
+        wid = self.departed[identity]
+        if hdr.kind != Kind.BYE:
+            log.info("worker %d was removed but is still running; asking it again to leave", wid)
+            self._send_raw(identity, [pack_header(Kind.SHUTDOWN, 0, 1, wid), b""])
 
     def _on_result(self, hdr: Header, frames: list) -> None:
         entry = self.pending.get(hdr.ref)

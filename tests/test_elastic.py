@@ -30,6 +30,8 @@ def reap(procs, timeout=30):
         try:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGUSR1)  # the worker dumps its stacks to stderr
+            time.sleep(1)  # give the dump a moment: there is no event for it
             p.kill()
             p.wait()
             raise
@@ -151,3 +153,16 @@ def test_worker_rejoins_a_restarted_master(tmp_path):
                 p.wait()
         for p in masters:
             p.stdout.close()
+
+
+def test_worker_declared_dead_is_told_to_leave_when_it_speaks(fresh):
+    cm.configure(heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    em = ElasticManager(cookie=COOKIE)
+    proc = start_worker(em.address)
+    [w] = em.wait(1, timeout=60)
+    proc.send_signal(signal.SIGSTOP)  # silent: declared dead, its calls failed
+    with pytest.raises(cm.ProcessExitedError, match="no heartbeat"):
+        cm.remotecall(cm.myid, w).fetch(30)
+    proc.send_signal(signal.SIGCONT)  # it speaks again and is told to leave
+    assert proc.wait(30) == 0
+    assert em.terminated == [w]

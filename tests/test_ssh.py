@@ -146,3 +146,13 @@ def test_unknown_keywords_listed(fresh, sshd):
 def test_unreachable_master_address_is_explained(fresh, sshd, ssh_kw):
     with pytest.raises(LaunchError, match="bind='0.0.0.0'.*tunnel=True"):
         cm.addprocs([("root@compute.invalid", 1)], **ssh_kw)
+
+
+def test_ssh_config_alias(fresh, sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host cm-test-alias\n  HostName {sshd['SSH_HOST']}\n  Port {sshd['SSH_PORT']}\n"
+                      f"  User {sshd['SSH_USER']}\n  IdentityFile {sshd['SSH_KEY']}\n")
+    # the alias resolves to loopback, so the master's 127.0.0.1 address is reachable: tunnel
+    ids = cm.addprocs([("cm-test-alias", 2)], ssh_config=str(config), tunnel=True,
+                      known_hosts=sshd["SSH_KNOWN_HOSTS"], python=sys.executable)
+    assert len(ids) == 2 and cm.pmap(abs, [-1, -2]) == [1, 2]

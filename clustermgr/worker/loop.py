@@ -14,6 +14,7 @@ knows this worker (``clustermgr worker`` then joins it afresh).
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
 import queue
@@ -275,6 +276,7 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
     except (AuthError, P.ProtocolError) as exc:
         print(f"clustermgr worker: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: stacks to the log
     sys.path[:0] = [p for p in welcome.get("sys_path", []) if p not in sys.path]
     set_current_node(node)
     signal.signal(signal.SIGINT, node.on_sigint)
