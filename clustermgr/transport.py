@@ -70,6 +70,7 @@ class Node(abc.ABC):
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         inproc = f"inproc://clustermgr-outbox-{id(self)}"
         self._pull = self.ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(inproc)
         self._push = self.ctx.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, 0)
@@ -150,6 +151,8 @@ class Node(abc.ABC):
             pass
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        with self._push_lock:
+            self._push.close(linger=0)
 
     # --- the I/O thread -----------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class Node(abc.ABC):
 
     def _close_sockets(self) -> None:
         for sock in (self._pull, *self._sockets()):
-            sock.close(linger=0)
+            sock.close()  # each socket's own LINGER: a worker's last BYE still goes out
 
     # --- dispatch of authenticated messages (I/O thread) -------------------------------
 

@@ -189,3 +189,15 @@ def test_master_exit_removes_its_workers():
         for fd in fds:
             os.close(fd)
         proc.stdout.close()
+
+
+def test_worker_leaves_even_with_a_lingering_thread(fresh):
+    import time
+
+    from clustermgr.cluster import master
+
+    [w] = cm.addprocs(1)
+    cm.remotecall_fetch(lambda: threading.Thread(target=time.sleep, args=(600,)).start(), w)
+    cm.rmprocs(w, waitfor=20)
+    proc = master().workers[w].launch.handle.proc
+    assert proc.wait(10) == 0  # it left by itself, not killed by a signal

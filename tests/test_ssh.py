@@ -54,8 +54,9 @@ def test_machine_specs():
 
 
 def test_workers_over_ssh(fresh, sshd, ssh_kw):
-    ids = cm.addprocs([host(sshd, 3)], **ssh_kw)
+    ids = cm.addprocs([host(sshd, 3)], env={"CM_SSH_TEST": "yes"}, **ssh_kw)
     assert len(ids) == 3
+    assert cm.everywhere(lambda: os.environ.get("CM_SSH_TEST")) == ["yes"] * 3
     assert sorted(cm.pmap(lambda x: x * 2, range(6))) == [0, 2, 4, 6, 8, 10]
     pids = [remote_pid(w) for w in ids]
     for pid in pids:  # started by sshd, not by us, and with no secret in argv

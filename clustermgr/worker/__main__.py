@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+from typing import NoReturn
 
 from ..protocol import read_cookie_file, read_secret_from_env
 from .loop import EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED, end_descendants, run_worker
@@ -63,10 +64,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
     while True:
         code = run_worker(address, secret, launch_id, args.connect_timeout)
         if code != EXIT_MASTER_RESTARTED:
-            return code
+            _leave(code)
         print(f"clustermgr worker: the master at {address} restarted; joining it again",
               file=sys.stderr)
         launch_id = ""  # the new master did not launch this worker
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process now: a worker asked to leave must not be held up by threads its
+    tasks started, by ZeroMQ's teardown or by exit handlers."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - nothing left to report to
+            pass
+    os._exit(code)
 
 
 def _exit_when_stdin_closes() -> None:

@@ -290,9 +290,16 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         end_descendants()
         node.stop()
-        node.ctx.destroy(linger=0)
+        _term(node.ctx, timeout=3.0)
         set_current_node(None)
     return EXIT_MASTER_RESTARTED if node.restarted else 0
+
+
+def _term(ctx: zmq.Context, timeout: float) -> None:
+    """Let queued messages (the BYE) go out, but never wait for ZeroMQ for long."""
+    t = threading.Thread(target=ctx.term, daemon=True, name="clustermgr-term")
+    t.start()
+    t.join(timeout)
 
 
 def end_descendants(grace: float = 2.0) -> None:
