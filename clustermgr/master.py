@@ -44,6 +44,7 @@ class Launch:
     started: float
     wid: int = 0
     error: str = ""
+    queued: bool = False  # waiting in a scheduler's queue: no join clock yet
 
 
 @dataclass
@@ -351,6 +352,15 @@ class MasterNode(Node):
         for identity, (_, _, deadline) in list(self.handshakes.items()):
             if now > deadline:
                 del self.handshakes[identity]
+
+    def on_running(self, handle: WorkerHandle) -> None:
+        """Called by managers (any thread) when a queued worker's job starts running."""
+        with self.joined:
+            launch = self.launches.get(handle.launch_id)
+            if launch is not None and launch.queued:
+                launch.queued = False
+                launch.started = time.monotonic()
+                self.joined.notify_all()
 
     def on_process_exit(self, handle: WorkerHandle, cause: str, log_tail: str) -> None:
         """Called by managers (any thread) when a worker's process or job has ended."""

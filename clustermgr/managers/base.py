@@ -9,8 +9,10 @@ Who calls what, and when:
 
 - ``launch(spec)``: by ``addprocs``, once per call, in the thread that called ``addprocs``.
   Yields one :class:`WorkerHandle` per worker as soon as each is started (not when it has
-  joined), so the runtime starts the join clock per worker.  Must put ``spec.environment``
-  into the worker's environment (or a 0600 file) and never into argv.
+  joined), so the runtime starts the join clock per worker; a handle yielded with
+  ``queued=True`` starts its clock when the manager calls ``spec.on_running(handle)``.
+  Must put ``spec.environment`` into the worker's environment (or a 0600 file) and never
+  into argv.
 - ``manage(handle, op, worker_id)``: by the runtime at each :class:`ManageOp` of a worker's
   life; a notification, must return quickly.  Default: nothing.
 - ``kill(handle, grace)``: by ``rmprocs``, at master exit, and when a worker stops
@@ -27,7 +29,7 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -46,10 +48,14 @@ class ManageOp(enum.Enum):
 @dataclass
 class WorkerHandle:
     """A manager's record of one started worker.  Subclass it to keep back-end state
-    (a process, a job id).  ``launch_id`` ties the joining worker to this handle."""
+    (a process, a job id).  ``launch_id`` ties the joining worker to this handle.
+    ``queued`` handles (a job waiting in a scheduler's queue) do not count against the
+    join timeout until the manager calls ``spec.on_running(handle)``."""
 
     launch_id: str
     host: str = "localhost"
+    _: KW_ONLY
+    queued: bool = False
 
 
 @dataclass
@@ -65,6 +71,7 @@ class LaunchSpec:
     enable_threaded_blas: bool
     on_exit: Callable[[WorkerHandle, str, str], None] = field(repr=False)
     expect: Callable[[str], None] = field(repr=False, default=lambda launch_id: None)
+    on_running: Callable[[WorkerHandle], None] = field(repr=False, default=lambda handle: None)
 
     def argv(self) -> list[str]:
         """The worker command line.  It carries no secret."""

@@ -1,0 +1,335 @@
+"""BatchManager: the base that makes a queueing system mostly data.
+
+A subclass gives the submit / status / cancel commands, the job-script directive prefix,
+a job-id regular expression, the table of scheduler states, and how it names array tasks.
+This base renders the job script (``job_script()`` shows exactly what is submitted),
+submits an array (one submission for N workers) with retries, polls every job of the
+manager in one scheduler call, starts each worker's join clock when its job RUNS, bounds
+the queue wait (``queue_timeout``), reports a job's end at once with its scheduler state,
+and cancels everything it submitted on ``close()``.
+
+The secret never enters the script or argv: the submit command runs with it in its
+environment, which the scheduler exports to the job.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import LaunchError
+from .base import BLAS_THREAD_VARS, ClusterManager, LaunchSpec, ManageOp, WorkerHandle
+from .local import tail
+
+log = logging.getLogger("clustermgr")
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SchedulerCommandError(LaunchError):
+    """A scheduler command failed: carries the command, exit code, stdout and stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str) -> None:
+        what = "timed out" if returncode is None else f"exited with code {returncode}"
+        super().__init__(f"`{shlex.join(argv)}` {what}: {(stderr or stdout).strip()[-2000:]}")
+        self.argv, self.returncode, self.stdout, self.stderr = list(argv), returncode, stdout, stderr
+
+
+def run_command(argv: Sequence[str], *, timeout: float = 60.0, env: dict[str, str] | None = None,
+                cwd: str | None = None) -> str:
+    """Run one scheduler command; its stdout, or :class:`SchedulerCommandError`."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise SchedulerCommandError(argv, None, str(exc.stdout or ""), str(exc.stderr or "")) from None
+    except FileNotFoundError:
+        raise SchedulerCommandError(argv, 127, "", f"{argv[0]}: command not found; is the "
+                                    "scheduler's client installed and on PATH?") from None
+    if done.returncode != 0:
+        raise SchedulerCommandError(argv, done.returncode, done.stdout, done.stderr)
+    return done.stdout
+
+
+def flag(name: str, value: Any) -> list[str]:
+    """Mechanical keyword -> flag translation (ClusterManagers.jl's rule): one letter
+    ``k=v`` -> ``-k v``; longer ``mem_per_cpu=100`` -> ``--mem-per-cpu=100``; value ``""``
+    -> the bare flag."""
+    name = name.replace("_", "-")
+    if len(name) == 1:
+        return [f"-{name}"] if value == "" else [f"-{name}", str(value)]
+    return [f"--{name}"] if value == "" else [f"--{name}={value}"]
+
+
+@dataclass
+class BatchHandle(WorkerHandle):
+    job_id: str = ""        # what the scheduler calls this worker's job (an array task)
+    index: int = 0
+    state: str = ""         # the scheduler's own word (PENDING, RUNNING, CANCELLED, ...)
+    reason: str = ""        # why it pends, when the scheduler says
+    submitted: float = 0.0
+    ended: bool = False
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+
+class BatchManager(ClusterManager):
+    """Base of the queueing-system managers.  Options common to all of them:
+
+    cores, memory, walltime, queue, account, gpus, job_name: resources (``None``: the
+        scheduler's default).
+    log_dir: where job scripts and worker logs go (default: a new temporary folder).
+    env: extra environment of the workers.
+    queue_timeout: seconds a job may wait in the queue before it is cancelled (default:
+        no limit; the pending reason is logged while it waits).
+    poll_interval: seconds between status polls.
+    retry_delays: delays before re-submitting after a failed submit command.
+    """
+
+    scheduler: ClassVar[str] = "batch"
+    directive: ClassVar[str] = "#"
+    job_id_regexp: ClassVar[str] = r"(?P<job_id>\d+)"
+    array_index_var: ClassVar[str] = ""
+    states: ClassVar[dict[str, JobState]] = {}
+    max_failed_polls: ClassVar[int] = 5
+
+    def __init__(self, np: int, *, cores: int | None = None, memory: str | None = None,
+                 walltime: str | None = None, queue: str | None = None, account: str | None = None,
+                 gpus: int | None = None, job_name: str = "clustermgr", log_dir: str | None = None,
+                 env: dict[str, str] | None = None, queue_timeout: float | None = None,
+                 poll_interval: float = 1.0, retry_delays: Sequence[float] = (1.0, 5.0),
+                 **flags: Any) -> None:
+        if isinstance(np, bool) or not isinstance(np, int) or np < 1:
+            raise ValueError(f"{type(self).__name__} needs a number of workers >= 1, not {np!r}")
+        self.np = np
+        self.cores, self.memory, self.walltime = cores, memory, walltime
+        self.queue, self.account, self.gpus, self.job_name = queue, account, gpus, job_name
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix=f"clustermgr-{self.scheduler.lower()}-")
+        self.env = dict(env or {})
+        self.queue_timeout, self.poll_interval = queue_timeout, poll_interval
+        self.retry_delays = list(retry_delays)
+        self.flags = flags
+        self.handles: list[BatchHandle] = []
+        self._spec: LaunchSpec | None = None
+        self._poller: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.np})"
+
+    # --- what subclasses supply ------------------------------------------------------
+
+    def resource_directives(self) -> list[str]:
+        """Directive arguments for the common options and the raw flags."""
+        return []
+
+    @abstractmethod
+    def submit_argv(self, script: str, n: int) -> list[str]:
+        """The command that submits *script* as *n* workers (an array where possible)."""
+
+    @abstractmethod
+    def status_argv(self) -> list[str]:
+        """One command that lists every job of this user, array tasks one per line."""
+
+    @abstractmethod
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """The command that cancels *job_ids*."""
+
+    @abstractmethod
+    def parse_status(self, text: str) -> dict[str, tuple[str, str]]:
+        """``{job id: (state word, reason)}`` from the status command's output."""
+
+    def task_id(self, job_id: str, index: int, n: int) -> str:
+        """The scheduler's id of array task *index* of the submission *job_id*."""
+        return job_id
+
+    def array_parent(self, task_id: str) -> str:
+        """The submission a task id belongs to (to read its state when only that is listed)."""
+        return task_id
+
+    # --- the job script ----------------------------------------------------------------
+
+    def job_script(self, python: str | None = None, dir: str | None = None,
+                   exeflags: Sequence[str] = (), threaded_blas: bool = False,
+                   launch_prefix: str = "LAUNCH") -> str:
+        """Exactly the script that is submitted (the dry run).  It holds no secret."""
+        import sys
+
+        lines = ["#!/bin/bash"]
+        lines += [f"{self.directive} {d}" for d in self.resource_directives()]
+        env = dict(self.env)
+        if not threaded_blas:
+            env.update({name: "1" for name in BLAS_THREAD_VARS})
+        lines += [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
+        index = f"${{{self.array_index_var}:-0}}" if self.array_index_var else "0"
+        lines.append(f'export CLUSTERMGR_LAUNCH_ID="{launch_prefix}-{index}"')
+        lines.append(f"cd {shlex.quote(dir or os.getcwd())}")
+        argv = [python or sys.executable, *exeflags, "-m", "clustermgr.worker"]
+        lines.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        return "\n".join(lines) + "\n"
+
+    # --- launch ------------------------------------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> Iterator[BatchHandle]:
+        self._spec = spec
+        prefix = secrets.token_hex(6)
+        for i in range(self.np):
+            spec.expect(f"{prefix}-{i}")
+        script = self._write_script(spec, prefix)
+        env = {**os.environ, "CLUSTERMGR_MASTER": spec.address,
+               "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1"}
+        job_id = self._submit(script, env, spec.dir)
+        log.info("%s: submitted job %s for %d workers", self.scheduler, job_id, self.np)
+        now = time.monotonic()
+        new = [BatchHandle(f"{prefix}-{i}", "?", self.task_id(job_id, i, self.np), i, "PENDING",
+                           "", now, queued=True) for i in range(self.np)]
+        with self._lock:
+            self.handles.extend(new)
+        self._start_polling()
+        yield from new
+
+    def _write_script(self, spec: LaunchSpec, prefix: str) -> str:
+        text = self.job_script(spec.python, spec.dir, spec.exeflags, spec.enable_threaded_blas, prefix)
+        fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=self.log_dir)
+        with os.fdopen(fd, "w") as fh:  # mkstemp: mode 0600
+            fh.write(text)
+        return path
+
+    def _submit(self, script: str, env: dict[str, str], cwd: str) -> str:
+        delays = [0.0, *self.retry_delays]
+        for attempt, delay in enumerate(delays):
+            time.sleep(delay)
+            try:
+                out = run_command(self.submit_argv(script, self.np), env=env, cwd=cwd)
+            except SchedulerCommandError as exc:
+                if attempt == len(delays) - 1 or exc.returncode == 127:
+                    raise
+                log.warning("%s submit failed, retrying in %s s: %s", self.scheduler,
+                            delays[attempt + 1], exc)
+                continue
+            match = re.search(self.job_id_regexp, out)
+            if not match:
+                raise LaunchError(f"{self.scheduler}: no job id in the submit output {out!r}")
+            return match.group("job_id")
+        raise AssertionError("unreachable")
+
+    # --- polling -----------------------------------------------------------------------
+
+    def _start_polling(self) -> None:
+        if self._poller is None or not self._poller.is_alive():
+            self._stop.clear()
+            self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                            name=f"clustermgr-{self.scheduler.lower()}-poll")
+            self._poller.start()
+
+    def _poll_loop(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.poll_interval):
+            with self._lock:
+                live = [h for h in self.handles if not h.ended]
+            if not live:
+                return
+            try:
+                table = self.parse_status(run_command(self.status_argv(), timeout=30))
+                failures = 0
+            except SchedulerCommandError as exc:
+                failures += 1
+                level = logging.WARNING if failures >= self.max_failed_polls else logging.DEBUG
+                log.log(level, "%s status poll failed (%d in a row): %s", self.scheduler, failures, exc)
+                continue
+            for handle in live:
+                self._update(handle, table)
+
+    def _update(self, h: BatchHandle, table: dict[str, tuple[str, str]]) -> None:
+        word, reason = table.get(h.job_id) or table.get(self.array_parent(h.job_id)) or ("", "")
+        state = self.states.get(word) if word else None
+        if state is JobState.PENDING:
+            if reason != h.reason:
+                log.info("%s job %s is pending (%s)", self.scheduler, h.job_id, reason or "no reason given")
+            h.state, h.reason = word, reason
+            waited = time.monotonic() - h.submitted
+            if self.queue_timeout is not None and waited > self.queue_timeout:
+                self._give_up(h, f"still {word} after queue_timeout={self.queue_timeout} s "
+                              f"(reason: {reason or 'none given'})")
+        elif state is JobState.RUNNING:
+            h.state = word
+            if h.queued:
+                h.queued = False
+                self._spec.on_running(h)  # type: ignore[union-attr]
+        else:  # finished, or gone from the queue
+            h.state = word or h.state
+            self._ended(h, f"{self.scheduler} job {h.job_id} "
+                        + (f"ended in state {word}" if word else "left the queue"))
+
+    def _give_up(self, h: BatchHandle, why: str) -> None:
+        self._cancel([h])
+        self._ended(h, f"{self.scheduler} job {h.job_id} {why}")
+
+    def _ended(self, h: BatchHandle, cause: str) -> None:
+        with self._lock:
+            if h.ended:
+                return
+            h.ended = True
+        h.done.set()
+        self._spec.on_exit(h, cause, self.log_tail(h))  # type: ignore[union-attr]
+
+    def _cancel(self, handles: Sequence[BatchHandle]) -> None:
+        ids = [h.job_id for h in handles]
+        if ids:
+            try:
+                run_command(self.cancel_argv(ids), timeout=30)
+            except SchedulerCommandError as exc:
+                log.debug("%s cancel: %s", self.scheduler, exc)  # already gone is fine
+
+    # --- the ClusterManager hooks ------------------------------------------------------
+
+    def manage(self, handle: WorkerHandle, op: ManageOp, worker_id: int) -> None:
+        """A worker that joined runs, whatever the last poll said."""
+        if op is ManageOp.REGISTER and isinstance(handle, BatchHandle) and not handle.ended:
+            handle.state, handle.queued = "RUNNING", False
+
+    def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:
+        """Wait *grace* s for the job to end by itself, then cancel it and wait for the
+        scheduler to report it gone."""
+        h: BatchHandle = handle  # type: ignore[assignment]
+        if not self._wait_ended(h, grace):
+            self._cancel([h])
+            self._wait_ended(h, 30.0)
+
+    def _wait_ended(self, h: BatchHandle, timeout: float) -> bool:
+        return h.done.wait(timeout)  # set by the poller when the job leaves the queue
+
+    def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
+        return tail(self.log_path(handle), lines)
+
+    def log_path(self, handle: WorkerHandle) -> str:
+        return ""
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {h.job_id: h.state for h in self.handles}
+
+    def close(self) -> None:
+        with self._lock:
+            live = [h for h in self.handles if not h.ended]
+        self._cancel(live)
+        for h in live:
+            self._wait_ended(h, 10.0)
+        self._stop.set()

@@ -1,0 +1,117 @@
+"""SlurmManager: workers as the tasks of one Slurm array job, or as ``srun`` steps inside
+an existing allocation (``SLURM_JOB_ID`` set: detected automatically)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from .base import LaunchSpec, WorkerHandle
+from .batch import BatchManager, JobState, flag
+from .local import LocalManager
+
+
+class SlurmManager(BatchManager):
+    """``SlurmManager(np, partition="debug", t="00:5:00", mem_per_cpu=100, exclusive="")``.
+
+    Keywords other than the common ``BatchManager`` options become sbatch/srun flags by
+    ClusterManagers.jl's rule (see ``batch.flag``).  ``allocation=None`` detects whether this
+    process runs inside a Slurm allocation (then workers are ``srun`` steps in it);
+    ``True``/``False`` force one way.
+    """
+
+    scheduler = "Slurm"
+    directive = "#SBATCH"
+    job_id_regexp = r"^(?P<job_id>\d+)"
+    array_index_var = "SLURM_ARRAY_TASK_ID"
+    states: ClassVar[dict[str, JobState]] = {
+        **{s: JobState.PENDING for s in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD",
+                                         "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "RESIZING")},
+        **{s: JobState.RUNNING for s in ("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING")},
+        "COMPLETED": JobState.DONE,
+        **{s: JobState.FAILED for s in ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                                        "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED",
+                                        "SPECIAL_EXIT", "STOPPED")},
+    }
+
+    def __init__(self, np: int, *, allocation: bool | None = None, **kwargs: Any) -> None:
+        if "partition" in kwargs and "queue" not in kwargs:
+            kwargs["queue"] = kwargs.pop("partition")
+        super().__init__(np, **kwargs)
+        self.allocation = bool(os.environ.get("SLURM_JOB_ID")) if allocation is None else allocation
+        self._steps: _SrunSteps | None = None
+
+    def resource_directives(self) -> list[str]:
+        d = [f"--job-name={self.job_name}", f"--output={self.log_dir}/worker-%A_%a.log"]
+        for name, value in (("cpus-per-task", self.cores), ("mem", self.memory),
+                            ("time", self.walltime), ("partition", self.queue),
+                            ("account", self.account)):
+            if value is not None:
+                d.append(f"--{name}={value}")
+        if self.gpus:
+            d.append(f"--gpus-per-task={self.gpus}")
+        for name, value in self.flags.items():
+            d.append(" ".join(flag(name, value)))
+        return d
+
+    def submit_argv(self, script: str, n: int) -> list[str]:
+        return ["sbatch", "--parsable", f"--array=0-{n - 1}", script]
+
+    def status_argv(self) -> list[str]:
+        return ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}",
+                "--format=%i|%T|%r"]
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["scancel", *job_ids]
+
+    def parse_status(self, text: str) -> dict[str, tuple[str, str]]:
+        table = {}
+        for line in text.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                table[parts[0]] = (parts[1], "" if parts[2] == "None" else parts[2])
+        return table
+
+    def task_id(self, job_id: str, index: int, n: int) -> str:
+        return f"{job_id}_{index}"
+
+    def array_parent(self, task_id: str) -> str:
+        return task_id.split("_", 1)[0]
+
+    def log_path(self, handle: WorkerHandle) -> str:
+        return os.path.join(self.log_dir, f"worker-{getattr(handle, 'job_id', '')}.log")
+
+    # --- inside an allocation: srun steps ----------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> Iterator[Any]:
+        if not self.allocation:
+            return super().launch(spec)
+        self._steps = _SrunSteps(self)
+        return self._steps.launch(spec)
+
+    def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:
+        if self._steps is not None and not hasattr(handle, "job_id"):
+            self._steps.kill(handle, grace)
+        else:
+            super().kill(handle, grace)
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._steps.close()
+        super().close()
+
+
+class _SrunSteps(LocalManager):
+    """Inside an allocation: one ``srun`` per worker, the srun process being the handle
+    (its end is the worker's end, seen at once like a local process)."""
+
+    def __init__(self, slurm: SlurmManager) -> None:
+        super().__init__(slurm.np)
+        self.slurm = slurm
+
+    def worker_command(self, spec: LaunchSpec, index: int) -> list[str]:
+        flags = [f for name, value in self.slurm.flags.items() for f in flag(name, value)]
+        cores = [f"--cpus-per-task={self.slurm.cores}"] if self.slurm.cores else []
+        return ["srun", "--ntasks=1", "--nodes=1", "--exact", *cores, *flags, *spec.argv()]
