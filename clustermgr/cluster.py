@@ -127,7 +127,8 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
 
     spec = LaunchSpec(m.address, m.secret, opts.dir or os.getcwd(), dict(opts.env),
                       opts.python or sys.executable, list(opts.exeflags),
-                      opts.enable_threaded_blas, m.on_process_exit, expect, m.on_running)
+                      opts.enable_threaded_blas, m.on_process_exit, expect, m.on_running,
+                      m.encrypted)
     try:
         for handle in manager.launch(spec):
             _attach_handle(m, manager, handle)

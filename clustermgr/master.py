@@ -75,6 +75,11 @@ class MasterNode(Node):
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
+        self.encrypted = (not P.is_loopback(settings.bind)) if settings.encrypt is None \
+            else settings.encrypt
+        if self.encrypted:  # before bind: the mechanism is fixed per socket
+            self.router.curve_server = True
+            self.router.curve_secretkey = P.curve_keys(self.secret, b"master")[1]
         port = self.router.bind_to_random_port(f"tcp://{settings.bind}") if not settings.port \
             else self._bind_fixed(settings)
         self.address = f"tcp://{settings.bind}:{port}"
@@ -93,7 +98,13 @@ class MasterNode(Node):
         self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
 
     def listen(self, addr: str, port: int = 0, timeout: float = 10.0) -> str:
-        """Listen on one more endpoint (any thread); returns ``tcp://addr:port``."""
+        """Listen on one more endpoint (any thread); returns ``tcp://addr:port``.  Off
+        loopback only when the master encrypts."""
+        if not self.encrypted and not P.is_loopback(addr):
+            raise ClusterError(
+                f"the master does not encrypt, so it will not listen on {addr}: create the "
+                "ElasticManager (or configure(bind=...)) before the first addprocs, or call "
+                "configure(encrypt=True) before it")
         done = threading.Event()
         box: list[Any] = []
 

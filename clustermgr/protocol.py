@@ -187,6 +187,21 @@ def decode_nonce(value: Any) -> bytes:
     return nonce
 
 
+def curve_keys(secret: bytes, role: bytes) -> tuple[bytes, bytes]:
+    """A CurveZMQ key pair (z85 public, z85 secret) derived from the cluster secret, so that
+    only holders of the secret know the master's public key and can complete the
+    encrypted ZeroMQ handshake at all."""
+    import zmq
+    from zmq.utils import z85
+
+    private = z85.encode(hashlib.sha256(b"clustermgr-curve|" + role + b"|" + secret).digest())
+    return zmq.curve_public(private), private
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "::1")
+
+
 def read_secret_from_env(environ: dict | None = None) -> bytes | None:
     """The secret from ``CLUSTERMGR_COOKIE`` (hex or text) or ``CLUSTERMGR_COOKIE_FILE``.
 

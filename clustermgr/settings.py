@@ -33,6 +33,7 @@ class Settings:
     port: int = 0
     shutdown_timeout: float = 5.0
     cookie: str | None = field(default=None, repr=False)
+    encrypt: bool | None = None
     _frozen: bool = field(default=False, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -40,7 +41,7 @@ class Settings:
         unknown = sorted(set(changes) - set(names))
         if unknown:
             raise TypeError(f"unknown setting(s) {unknown}; valid settings: {names}")
-        frozen = {"bind", "port", "cookie"} & set(changes)
+        frozen = {"bind", "port", "cookie", "encrypt"} & set(changes)
         if self._frozen and frozen:
             raise RuntimeError(f"{sorted(frozen)} cannot change once the master is listening; "
                                "call configure() before the first addprocs()")

@@ -74,7 +74,7 @@ def fresh():
     yield
     cm.shutdown()
     cm.configure(heartbeat_interval=1.0, heartbeat_timeout=30.0, master_grace=60.0,
-                 output="print", cookie=None)
+                 output="print", cookie=None, bind="127.0.0.1", encrypt=None)
 
 
 def pid_of(wid: int) -> int:

@@ -126,23 +126,32 @@ def test_scancel_fails_the_outstanding_call(fresh, slurm):
     cm.rmprocs(b, c)
 
 
+def idle_cpus():
+    allocated, idle, other, total = subprocess.run(
+        ["sinfo", "--noheader", "--format=%C"], capture_output=True, text=True, check=True
+    ).stdout.split("/")
+    return int(idle)
+
+
 def test_more_workers_than_slots_pend_without_tripping_the_join_timeout(fresh, slurm):
-    # the node has 8 slots: 2 of 10 one-CPU workers must wait in the queue
-    m = SlurmManager(10, queue_timeout=8, poll_interval=0.5)
+    # two one-CPU workers more than the node has free slots must wait in the queue
+    slots = idle_cpus()
+    m = SlurmManager(slots + 2, queue_timeout=8, poll_interval=0.5)
     t0 = time.monotonic()
     with pytest.raises(LaunchError) as info:
         cm.addprocs(m, timeout=2)
     assert time.monotonic() - t0 > 6  # not the 2 s join timeout: the queue limit ended them
     assert str(info.value).count("still PENDING after queue_timeout=8 s (reason: Resources)") == 2
     assert "did not join" not in str(info.value)
-    assert len(info.value.joined) == 8
+    assert len(info.value.joined) == slots
     cm.rmprocs(info.value.joined)
 
 
 def test_min_workers_returns_what_made_it(fresh, slurm):
-    m = SlurmManager(10, queue_timeout=3, poll_interval=0.5)
-    ids = cm.addprocs(m, min_workers=8)
-    assert len(ids) == 8
+    slots = idle_cpus()
+    m = SlurmManager(slots + 2, queue_timeout=3, poll_interval=0.5)
+    ids = cm.addprocs(m, min_workers=slots)
+    assert len(ids) == slots
     cm.rmprocs(ids)
 
 

@@ -72,6 +72,7 @@ class LaunchSpec:
     on_exit: Callable[[WorkerHandle, str, str], None] = field(repr=False)
     expect: Callable[[str], None] = field(repr=False, default=lambda launch_id: None)
     on_running: Callable[[WorkerHandle], None] = field(repr=False, default=lambda handle: None)
+    encrypt: bool = False
 
     def argv(self) -> list[str]:
         """The worker command line.  It carries no secret."""
@@ -90,6 +91,8 @@ class LaunchSpec:
             "CLUSTERMGR_LAUNCH_ID": launch_id,
             "PYTHONUNBUFFERED": "1",
         })
+        if self.encrypt:
+            env["CLUSTERMGR_ENCRYPT"] = "1"
         return env
 
 

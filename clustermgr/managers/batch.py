@@ -194,7 +194,9 @@ class BatchManager(ClusterManager):
             spec.expect(f"{prefix}-{i}")
         script = self._write_script(spec, prefix)
         env = {**os.environ, "CLUSTERMGR_MASTER": spec.address,
-               "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1"}
+               "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1",
+               "CLUSTERMGR_ENCRYPT": "1" if spec.encrypt else ""}
+        env.pop("CLUSTERMGR_LAUNCH_ID", None)  # each task derives its own in the script
         job_id = self._submit(script, env, spec.dir)
         log.info("%s: submitted job %s for %d workers", self.scheduler, job_id, self.np)
         now = time.monotonic()

@@ -53,8 +53,8 @@ class ElasticManager(ClusterManager):
         from ..transport import current_node
 
         self.addr = reachable_address() if addr == "auto" else addr
-        if current_node() is None and cookie:
-            cluster.configure(cookie=cookie)
+        if current_node() is None:  # the master listens (and, off loopback, encrypts) here
+            cluster.configure(bind=self.addr, **({"cookie": cookie} if cookie else {}))
         self.master = cluster.master()
         if cookie and cookie_bytes(cookie) != self.master.secret:
             raise ClusterError("the master already runs with another secret; create the "
@@ -92,6 +92,7 @@ class ElasticManager(ClusterManager):
     def connect_command(self) -> str:
         """The command to run on other hosts; it carries no secret."""
         cmd = f"clustermgr worker --connect {self.address.removeprefix('tcp://')}"
+        cmd += " --encrypt" if self.master.encrypted else ""
         return cmd + (f" --cookie-file {self.cookie_file}" if self.cookie_file else "")
 
     def write_cookie_file(self, path: str | None = None) -> str:

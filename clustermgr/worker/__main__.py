@@ -28,6 +28,10 @@ def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.Argument
     parser.add_argument("--stdin-config", action="store_true",
                         help="read the environment (secret included) as one JSON line on stdin "
                         "and exit when stdin closes (how SSHManager starts workers)")
+    parser.add_argument("--encrypt", action="store_true",
+                        default=os.environ.get("CLUSTERMGR_ENCRYPT", "") == "1",
+                        help="CurveZMQ-encrypted link (needed when the master encrypts: it "
+                        "does when it listens off loopback; default: $CLUSTERMGR_ENCRYPT=1)")
     parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
                         default=float(os.environ.get("CLUSTERMGR_CONNECT_TIMEOUT", 60)),
                         help="give up if the master does not answer in time (default 60)")
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
         return 2
     launch_id = os.environ.pop("CLUSTERMGR_LAUNCH_ID", "")
     while True:
-        code = run_worker(address, secret, launch_id, args.connect_timeout)
+        encrypt = args.encrypt or os.environ.get("CLUSTERMGR_ENCRYPT", "") == "1"
+        code = run_worker(address, secret, launch_id, args.connect_timeout, encrypt)
         if code != EXIT_MASTER_RESTARTED:
             _leave(code)
         print(f"clustermgr worker: the master at {address} restarted; joining it again",

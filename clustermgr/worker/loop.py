@@ -47,12 +47,16 @@ class MasterUnreachable(ClusterError):
 class WorkerNode(Node):
     """Process 2..N.  One per worker process, created by :func:`run_worker`."""
 
-    def __init__(self, address: str, secret: bytes, launch_id: str = "") -> None:
+    def __init__(self, address: str, secret: bytes, launch_id: str = "", encrypt: bool = False) -> None:
         super().__init__(myid=0)
         self.address = address
         self.secret = secret
         self.launch_id = launch_id
+        self.encrypt = encrypt
         self.dealer = self.ctx.socket(zmq.DEALER)
+        if encrypt:  # the master's key comes from the secret; ours can be anything
+            self.dealer.curve_serverkey = P.curve_keys(secret, b"master")[0]
+            self.dealer.curve_publickey, self.dealer.curve_secretkey = zmq.curve_keypair()
         self.dealer.setsockopt(zmq.LINGER, 2000)
         self.dealer.setsockopt(zmq.SNDHWM, 0)
         self.dealer.setsockopt(zmq.RCVHWM, 0)
@@ -95,8 +99,10 @@ class WorkerNode(Node):
 
     def _expect(self, kind: Kind, timeout: float) -> dict:
         if not self.dealer.poll(int(timeout * 1000)):
+            hint = (" (with --encrypt, a secret that differs from the master's looks like "
+                    "this too)") if self.encrypt else ""
             raise MasterUnreachable(f"no answer from the master at {self.address} within "
-                                    f"{timeout} s")
+                                    f"{timeout} s{hint}")
         frames = self.dealer.recv_multipart()
         hdr = P.unpack_header(frames[0])
         body = P.load_json(frames[1]) if len(frames) > 1 else {}
@@ -265,9 +271,10 @@ class ForwardStream(io.TextIOBase):
         self.node.send_msg(Kind.OUTPUT, P.MASTER_ID, (text.encode(),), flags=self.flags)
 
 
-def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout: float = 60.0) -> int:
+def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout: float = 60.0,
+               encrypt: bool = False) -> int:
     """Join the master at *address* and serve until told to leave; return the exit code."""
-    node = WorkerNode(address, secret, launch_id)
+    node = WorkerNode(address, secret, launch_id, encrypt)
     try:
         welcome = node.handshake(connect_timeout)
     except MasterUnreachable as exc:
