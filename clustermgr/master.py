@@ -93,6 +93,7 @@ class MasterNode(Node):
         self.joined = threading.Condition()
         self.rejected_frames = 0
         self._next_wid = 2
+        self._last_beat = 0.0
         self._rr = 0
         self._pool: ThreadPoolExecutor | None = None
         self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
@@ -350,6 +351,9 @@ class MasterNode(Node):
 
     def _tick(self, now: float) -> None:
         s = self.settings
+        beating = now - self._last_beat >= s.heartbeat_interval
+        if beating:
+            self._last_beat = now
         beat = pack_header(Kind.HEARTBEAT, 0, 1, 0)
         for w in list(self.workers.values()):
             if w.state == "dead":
@@ -358,7 +362,7 @@ class MasterNode(Node):
                 self.declare_dead(w.id, f"no heartbeat for {now - w.last_seen:.1f} s "
                                   f"(heartbeat_timeout={s.heartbeat_timeout})")
                 self._kill_in_background(w)
-            else:
+            elif beating:
                 self._send_raw(w.identity, [beat, b""])
         for identity, (_, _, deadline) in list(self.handshakes.items()):
             if now > deadline:
