@@ -42,11 +42,12 @@ def test_job_script_renders_options_and_no_secret(tmp_path):
                  "#SBATCH --cpus-per-task=2", "#SBATCH --mem=1G", "#SBATCH --partition=debug",
                  "#SBATCH --account=proj", "#SBATCH --gpus-per-task=1", "#SBATCH -t 00:5:00",
                  "#SBATCH --mem-per-cpu=100", "#SBATCH --exclusive", "export MY_VAR='a b'",
-                 'export CLUSTERMGR_LAUNCH_ID="LAUNCH-${SLURM_ARRAY_TASK_ID:-0}"', "cd /scratch",
+                 'export CLUSTERMGR_LAUNCH_ID="${CLUSTERMGR_LAUNCH_ID:-LAUNCH-${SLURM_ARRAY_TASK_ID:-0}}"',
+                 "cd /scratch",
                  "exec /opt/py/bin/python -m clustermgr.worker"]:
         assert line in script.splitlines()
     assert "COOKIE" not in script
-    assert m.submit_argv("job.sh", 4) == ["sbatch", "--parsable", "--array=0-3", "job.sh"]
+    assert m.submit_argv("job.sh", 4, "tag") == ["sbatch", "--parsable", "--array=0-3", "job.sh"]
 
 
 def test_job_ids_from_recorded_outputs():

@@ -100,12 +100,17 @@ class BatchManager(ClusterManager):
         no limit; the pending reason is logged while it waits).
     poll_interval: seconds between status polls.
     retry_delays: delays before re-submitting after a failed submit command.
+    use_array: one array job for the N workers (one submission), or one job each
+        (default: the scheduler's preference).
+    throttle: without arrays, submissions in flight at once.
     """
 
     scheduler: ClassVar[str] = "batch"
     directive: ClassVar[str] = "#"
     job_id_regexp: ClassVar[str] = r"(?P<job_id>\d+)"
-    array_index_var: ClassVar[str] = ""
+    array_index_var: str = ""  # a PBS manager picks it per dialect
+    arrays_by_default: ClassVar[bool] = True
+    cancel_many: ClassVar[bool] = True  # one cancel command for many jobs
     states: ClassVar[dict[str, JobState]] = {}
     max_failed_polls: ClassVar[int] = 5
 
@@ -114,7 +119,7 @@ class BatchManager(ClusterManager):
                  gpus: int | None = None, job_name: str = "clustermgr", log_dir: str | None = None,
                  env: dict[str, str] | None = None, queue_timeout: float | None = None,
                  poll_interval: float = 1.0, retry_delays: Sequence[float] = (1.0, 5.0),
-                 **flags: Any) -> None:
+                 use_array: bool | None = None, throttle: int = 4, **flags: Any) -> None:
         if isinstance(np, bool) or not isinstance(np, int) or np < 1:
             raise ValueError(f"{type(self).__name__} needs a number of workers >= 1, not {np!r}")
         self.np = np
@@ -124,6 +129,10 @@ class BatchManager(ClusterManager):
         self.env = dict(env or {})
         self.queue_timeout, self.poll_interval = queue_timeout, poll_interval
         self.retry_delays = list(retry_delays)
+        self.use_array = self.arrays_by_default if use_array is None else use_array
+        if throttle < 1:
+            raise ValueError("throttle (submissions in flight at once) must be >= 1")
+        self.throttle = throttle
         self.flags = flags
         self.handles: list[BatchHandle] = []
         self._spec: LaunchSpec | None = None
@@ -141,8 +150,9 @@ class BatchManager(ClusterManager):
         return []
 
     @abstractmethod
-    def submit_argv(self, script: str, n: int) -> list[str]:
-        """The command that submits *script* as *n* workers (an array where possible)."""
+    def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
+        """The command that submits *script* as *n* workers (n > 1: an array).  *tag* names
+        the submission (a launch id, or the array's prefix) for its log file."""
 
     @abstractmethod
     def status_argv(self) -> list[str]:
@@ -179,7 +189,9 @@ class BatchManager(ClusterManager):
             env.update({name: "1" for name in BLAS_THREAD_VARS})
         lines += [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
         index = f"${{{self.array_index_var}:-0}}" if self.array_index_var else "0"
-        lines.append(f'export CLUSTERMGR_LAUNCH_ID="{launch_prefix}-{index}"')
+        # a job of its own brings its launch id in the submit environment; an array task
+        # derives it from its index
+        lines.append(f'export CLUSTERMGR_LAUNCH_ID="${{CLUSTERMGR_LAUNCH_ID:-{launch_prefix}-{index}}}"')
         lines.append(f"cd {shlex.quote(dir or os.getcwd())}")
         argv = [python or sys.executable, *exeflags, "-m", "clustermgr.worker"]
         lines.append("exec " + " ".join(shlex.quote(a) for a in argv))
@@ -196,16 +208,34 @@ class BatchManager(ClusterManager):
         env = {**os.environ, "CLUSTERMGR_MASTER": spec.address,
                "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1",
                "CLUSTERMGR_ENCRYPT": "1" if spec.encrypt else ""}
-        env.pop("CLUSTERMGR_LAUNCH_ID", None)  # each task derives its own in the script
-        job_id = self._submit(script, env, spec.dir)
-        log.info("%s: submitted job %s for %d workers", self.scheduler, job_id, self.np)
+        env.pop("CLUSTERMGR_LAUNCH_ID", None)
+        if self.use_array:
+            job_id = self._submit(script, self.np, prefix, env, spec.dir)
+            ids = [self.task_id(job_id, i, self.np) for i in range(self.np)]
+            log.info("%s: submitted array job %s for %d workers", self.scheduler, job_id, self.np)
+        else:
+            ids = self._submit_each(script, prefix, env, spec.dir)
         now = time.monotonic()
-        new = [BatchHandle(f"{prefix}-{i}", "?", self.task_id(job_id, i, self.np), i, "PENDING",
-                           "", now, queued=True) for i in range(self.np)]
+        new = [BatchHandle(f"{prefix}-{i}", "?", job, i, "PENDING", "", now, queued=True)
+               for i, job in enumerate(ids)]
         with self._lock:
             self.handles.extend(new)
         self._start_polling()
         yield from new
+
+    def _submit_each(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
+        """One job per worker, at most ``throttle`` submissions in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(i: int) -> str:
+            launch_id = f"{prefix}-{i}"
+            job = self._submit(script, 1, launch_id, {**env, "CLUSTERMGR_LAUNCH_ID": launch_id}, cwd)
+            return self.task_id(job, 0, 1)
+
+        with ThreadPoolExecutor(max_workers=self.throttle) as pool:
+            ids = list(pool.map(one, range(self.np)))
+        log.info("%s: submitted jobs %s", self.scheduler, ", ".join(ids))
+        return ids
 
     def _write_script(self, spec: LaunchSpec, prefix: str) -> str:
         text = self.job_script(spec.python, spec.dir, spec.exeflags, spec.enable_threaded_blas, prefix)
@@ -214,12 +244,12 @@ class BatchManager(ClusterManager):
             fh.write(text)
         return path
 
-    def _submit(self, script: str, env: dict[str, str], cwd: str) -> str:
+    def _submit(self, script: str, n: int, tag: str, env: dict[str, str], cwd: str) -> str:
         delays = [0.0, *self.retry_delays]
         for attempt, delay in enumerate(delays):
             time.sleep(delay)
             try:
-                out = run_command(self.submit_argv(script, self.np), env=env, cwd=cwd)
+                out = run_command(self.submit_argv(script, n, tag), env=env, cwd=cwd)
             except SchedulerCommandError as exc:
                 if attempt == len(delays) - 1 or exc.returncode == 127:
                     raise
@@ -294,9 +324,9 @@ class BatchManager(ClusterManager):
 
     def _cancel(self, handles: Sequence[BatchHandle]) -> None:
         ids = [h.job_id for h in handles]
-        if ids:
+        for group in ([ids] if self.cancel_many else [[i] for i in ids]) if ids else []:
             try:
-                run_command(self.cancel_argv(ids), timeout=30)
+                run_command(self.cancel_argv(group), timeout=30)
             except SchedulerCommandError as exc:
                 log.debug("%s cancel: %s", self.scheduler, exc)  # already gone is fine
 

@@ -56,8 +56,15 @@ class SlurmManager(BatchManager):
             d.append(" ".join(flag(name, value)))
         return d
 
-    def submit_argv(self, script: str, n: int) -> list[str]:
-        return ["sbatch", "--parsable", f"--array=0-{n - 1}", script]
+    def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
+        array = [f"--array=0-{n - 1}"] if self.use_array else []
+        output = [] if self.use_array else [f"--output={self.log_dir}/worker-{tag}.log"]
+        return ["sbatch", "--parsable", *array, *output, script]
+
+    def log_path(self, handle: WorkerHandle) -> str:
+        if self.use_array:
+            return os.path.join(self.log_dir, f"worker-{getattr(handle, 'job_id', '')}.log")
+        return os.path.join(self.log_dir, f"worker-{handle.launch_id}.log")
 
     def status_argv(self) -> list[str]:
         return ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}",
@@ -75,13 +82,10 @@ class SlurmManager(BatchManager):
         return table
 
     def task_id(self, job_id: str, index: int, n: int) -> str:
-        return f"{job_id}_{index}"
+        return f"{job_id}_{index}" if self.use_array else job_id
 
     def array_parent(self, task_id: str) -> str:
         return task_id.split("_", 1)[0]
-
-    def log_path(self, handle: WorkerHandle) -> str:
-        return os.path.join(self.log_dir, f"worker-{getattr(handle, 'job_id', '')}.log")
 
     # --- inside an allocation: srun steps ----------------------------------------------
 
