@@ -25,5 +25,10 @@ def start(name: str, timeout: float = 600) -> dict[str, str]:
     if done.returncode != 0:
         pytest.fail(f"{name} back end failed to start (exit {done.returncode}):\n"
                     f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return dict(line.split("=", 1) for line in done.stdout.splitlines()
-                if "=" in line and line.split("=", 1)[0].isupper())
+    found = {}
+    for line in done.stdout.splitlines():
+        line = line.removeprefix("export ").strip()
+        key, eq, value = line.partition("=")
+        if eq and key.isupper() and " " not in key:
+            found[key] = os.path.expandvars(value)
+    return found

@@ -170,6 +170,18 @@ class BatchManager(ClusterManager):
         """The scheduler's id of array task *index* of the submission *job_id*."""
         return job_id
 
+    def classify(self, word: str) -> JobState | None:
+        """The JobState of a scheduler's state word (None: unknown)."""
+        return self.states.get(word)
+
+    def exit_info(self, handle: BatchHandle) -> str:
+        """What the scheduler's accounting says of a job that left the queue ("" if nothing)."""
+        return ""
+
+    def index_expression(self) -> str:
+        """Shell expression for a task's 0-based index in its array."""
+        return f"${{{self.array_index_var}:-0}}" if self.array_index_var else "0"
+
     def array_parent(self, task_id: str) -> str:
         """The submission a task id belongs to (to read its state when only that is listed)."""
         return task_id
@@ -188,7 +200,7 @@ class BatchManager(ClusterManager):
         if not threaded_blas:
             env.update({name: "1" for name in BLAS_THREAD_VARS})
         lines += [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
-        index = f"${{{self.array_index_var}:-0}}" if self.array_index_var else "0"
+        index = self.index_expression()
         # a job of its own brings its launch id in the submit environment; an array task
         # derives it from its index
         lines.append(f'export CLUSTERMGR_LAUNCH_ID="${{CLUSTERMGR_LAUNCH_ID:-{launch_prefix}-{index}}}"')
@@ -291,7 +303,7 @@ class BatchManager(ClusterManager):
 
     def _update(self, h: BatchHandle, table: dict[str, tuple[str, str]]) -> None:
         word, reason = table.get(h.job_id) or table.get(self.array_parent(h.job_id)) or ("", "")
-        state = self.states.get(word) if word else None
+        state = self.classify(word) if word else None
         if state is JobState.PENDING:
             if reason != h.reason:
                 log.info("%s job %s is pending (%s)", self.scheduler, h.job_id, reason or "no reason given")
@@ -307,8 +319,9 @@ class BatchManager(ClusterManager):
                 self._spec.on_running(h)  # type: ignore[union-attr]
         else:  # finished, or gone from the queue
             h.state = word or h.state
-            self._ended(h, f"{self.scheduler} job {h.job_id} "
-                        + (f"ended in state {word}" if word else "left the queue"))
+            how = f"ended in state {word}" if word else "left the queue"
+            info = "" if word else self.exit_info(h)
+            self._ended(h, f"{self.scheduler} job {h.job_id} {how}" + (f" ({info})" if info else ""))
 
     def _give_up(self, h: BatchHandle, why: str) -> None:
         self._cancel([h])

@@ -161,6 +161,10 @@ class LocalManager(ClusterManager):
                 continue
         _signal_tree(proc.pid, [p for p in tree if _running(p)], signal.SIGKILL)
 
+    def exit_cause(self, handle: LocalHandle, code: int) -> str:
+        """How the end of a worker's process is described (subclasses add what they know)."""
+        return describe_exit(code)
+
     def log_tail(self, handle: WorkerHandle, lines: int = 20) -> str:
         return tail(getattr(handle, "log_path", ""), lines)
 
@@ -222,4 +226,4 @@ class _ExitWatcher:
             self.poll.unregister(fd)
         os.close(fd)
         code = handle.proc.wait()  # type: ignore[union-attr]
-        self.spec.on_exit(handle, describe_exit(code), self.manager.log_tail(handle))
+        self.spec.on_exit(handle, self.manager.exit_cause(handle, code), self.manager.log_tail(handle))
