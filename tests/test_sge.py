@@ -21,9 +21,9 @@ def test_job_script_and_submit_command(tmp_path):
     m = SGEManager(3, cores=2, memory="1G", walltime="1:00:00", queue="all.q",
                    qsub_flags=["-P", "proj"], wd="/scratch", log_dir=str(tmp_path))
     lines = m.job_script(python="/py", dir="/w").splitlines()
+    launch = 'export CLUSTERMGR_LAUNCH_ID="${CLUSTERMGR_LAUNCH_ID:-LAUNCH-$(( ${SGE_TASK_ID:-1} - 1 ))}"'
     for line in ["#$ -N clustermgr", "#$ -S /bin/bash", "#$ -pe smp 2", "#$ -l h_vmem=1G",
-                 "#$ -l h_rt=1:00:00", "#$ -q all.q",
-                 'export CLUSTERMGR_LAUNCH_ID="${CLUSTERMGR_LAUNCH_ID:-LAUNCH-$(( ${SGE_TASK_ID:-1} - 1 ))}"']:
+                 "#$ -l h_rt=1:00:00", "#$ -q all.q", launch]:
         assert line in lines
     argv = m.submit_argv("job.sh", 3, "tag")
     assert argv[:6] == ["qsub", "-terse", "-V", "-t", "1-3", "-j"]
