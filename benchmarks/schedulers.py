@@ -1,47 +1,100 @@
-"""addprocs of N workers on a scheduler, next to the scheduler's own submit-to-running time.
+"""addprocs of N workers on each scheduler, next to the scheduler's own submit-to-running time.
 
     python -m benchmarks.schedulers [--workers 8] [--repeats 3]
 
-Needs the real back ends of ../shared/clusters running (their start.sh).  Slurm only, for
-now; each scheduler added to clustermgr gets a row here.
+Needs the real back ends of ../shared/clusters running (their start.sh) and nothing else
+using them.  Rows: Slurm (sbatch array), PBS through Slurm's Torque wrappers (one qsub per
+worker), Grid Engine (qsub -t array) and QRSH (one qrsh -now no per worker).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import functools
+import os
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 
 import clustermgr as cm
+from clustermgr.managers.pbs import PBSManager
+from clustermgr.managers.sge import QRSHManager, SGEManager
 from clustermgr.managers.slurm import SlurmManager
 
+TORQUE_BIN = "/tmp/slurm-local/torque/bin"
+SGE_BIN = "/opt/sge/bin/lx-amd64"
 
-def slurm_submit_to_running(n: int) -> float:
-    """Seconds from sbatch of an n-task array to every task RUNNING (squeue polled at 20 Hz)."""
+
+def _out(argv: list[str], **kw) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, **kw).stdout
+
+
+def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        time.sleep(0.05)  # the schedulers' CLIs have no event to wait on
+
+
+def slurm_raw(n: int) -> float:
     t0 = time.perf_counter()
-    job = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}", "--job-name=cm-bench",
-                          "--output=/dev/null", "--wrap", "sleep 30"], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    try:
-        while True:
-            out = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={job}", "--format=%T"],
-                                 capture_output=True, text=True).stdout.split()
-            if len(out) == n and set(out) == {"RUNNING"}:
-                return time.perf_counter() - t0
-            time.sleep(0.05)  # squeue has no event to wait on
-    finally:
-        subprocess.run(["scancel", job], check=False)
+    job = _out(["sbatch", "--parsable", f"--array=0-{n - 1}", "--job-name=cm-bench",
+                "--output=/dev/null", "--wrap", "sleep 30"], check=True).strip()
+    _until(lambda: _out(["squeue", "-h", "--array", f"--jobs={job}", "-o", "%T"]).split() == ["RUNNING"] * n)
+    elapsed = time.perf_counter() - t0
+    subprocess.run(["scancel", job], check=False)
+    return elapsed
 
 
-def clustermgr_addprocs(n: int) -> float:
+def pbs_raw(n: int) -> float:
+    script = "/tmp/cm-bench-pbs.sh"
+    with open(script, "w") as fh:
+        fh.write("#!/bin/bash\nsleep 30\n")
+    t0 = time.perf_counter()
+    ids = [_out(["qsub", "-N", "cm-bench", "-o", "/dev/null", "-e", "/dev/null", script]).strip()
+           for _ in range(n)]
+    _until(lambda: sum(1 for line in _out(["qstat"]).splitlines()
+                       if line.split()[:1] and line.split()[0] in ids and line.split()[4] == "R") == n)
+    elapsed = time.perf_counter() - t0
+    for job in ids:
+        subprocess.run(["qdel", job], check=False)
+    return elapsed
+
+
+def sge_raw(n: int) -> float:
+    t0 = time.perf_counter()
+    job = _out(["qsub", "-terse", "-t", f"1-{n}", "-b", "y", "-N", "cm-bench", "-o", "/dev/null",
+                "-j", "y", "sleep", "30"], check=True).split(".")[0]
+    _until(lambda: [line.split()[4] for line in _out(["qstat", "-g", "d"]).splitlines()
+                    if line.split()[:1] == [job]] == ["r"] * n)
+    elapsed = time.perf_counter() - t0
+    subprocess.run(["qdel", job], check=False, capture_output=True)
+    return elapsed
+
+
+def qrsh_raw(n: int) -> float:
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["qrsh", "-now", "no", "true"]) for _ in range(n)]
+    for p in procs:
+        p.wait()
+    return time.perf_counter() - t0
+
+
+def ours(make: Callable[[], cm.managers.ClusterManager]) -> float:
     cm.shutdown()
     t0 = time.perf_counter()
-    ids = cm.addprocs(SlurmManager(n, poll_interval=0.2))
+    ids = cm.addprocs(make())
     elapsed = time.perf_counter() - t0
     cm.rmprocs(ids)
     return elapsed
+
+
+def with_path(prefix: str, fn: Callable[[], float]) -> float:
+    saved = os.environ["PATH"]
+    os.environ["PATH"] = f"{prefix}:{saved}"
+    try:
+        return fn()
+    finally:
+        os.environ["PATH"] = saved
 
 
 def main() -> None:
@@ -49,15 +102,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    n = args.workers
     cm.configure(output=None)
-    raw = [slurm_submit_to_running(args.workers) for _ in range(args.repeats)]
-    ours = [clustermgr_addprocs(args.workers) for _ in range(args.repeats)]
-    cm.shutdown()
-    print(f"| scheduler | addprocs of {args.workers} (s, median) | submit to all RUNNING (s, median) |")
+    if os.path.isdir("/opt/sge"):
+        os.environ.setdefault("SGE_ROOT", "/opt/sge")
+        os.environ.setdefault("SGE_CELL", "default")
+    rows = [
+        ("Slurm 22.05 (sbatch array)", "", slurm_raw, lambda: SlurmManager(n, poll_interval=0.2)),
+        ("PBS via Slurm's Torque wrappers (qsub each)", TORQUE_BIN, pbs_raw,
+         lambda: PBSManager(n, poll_interval=0.2)),
+        ("Grid Engine 8.1.9 (qsub -t array)", SGE_BIN, sge_raw, lambda: SGEManager(n, poll_interval=0.2)),
+        ("Grid Engine 8.1.9 (qrsh -now no each)", SGE_BIN, qrsh_raw,
+         lambda: QRSHManager(n, poll_interval=0.2)),
+    ]
+    print(f"| scheduler | addprocs of {n} (s, median) | scheduler alone: submit to all running (s, median) |")
     print("|---|---|---|")
-    print(f"| Slurm 22.05 | {statistics.median(ours):.2f} | {statistics.median(raw):.2f} |")
-    print(f"(runs: addprocs {[round(x, 2) for x in ours]}, sbatch {[round(x, 2) for x in raw]}; "
-          f"user {getpass.getuser()})")
+    for name, prefix, raw, make in rows:
+        raw_t = [with_path(prefix, functools.partial(raw, n)) for _ in range(args.repeats)]
+        our_t = [with_path(prefix, functools.partial(ours, make)) for _ in range(args.repeats)]
+        print(f"| {name} | {statistics.median(our_t):.2f} | {statistics.median(raw_t):.2f} |", flush=True)
+    cm.shutdown()
 
 
 if __name__ == "__main__":
