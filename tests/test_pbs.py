@@ -96,3 +96,46 @@ def test_more_workers_than_slots_wait_in_the_queue(fresh, torque):
 def test_submit_error_shows_qsub_text(fresh, torque):
     with pytest.raises(cm.LaunchError, match="qsub.*exited with code"):
         cm.addprocs(PBSManager(1, qsub_flags=["-k", "oe"], retry_delays=()))
+
+
+# --- PBS Pro dialect, against the fake CLI kit in tests/fakes/pbspro (NOT a real PBS Pro) ----
+
+FAKE_BIN = Path(__file__).parent / "fakes" / "pbspro" / "bin"
+
+
+@pytest.fixture
+def pbspro(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{FAKE_BIN}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PBS_HOME", str(tmp_path / "fakepbs"))
+    yield
+    left = subprocess.run(["qstat"], capture_output=True, text=True).stdout
+    assert not left.strip(), f"jobs left in the fake PBS Pro queue:\n{left}"
+
+
+@pytest.mark.parametrize("use_array", [True, False], ids=["array", "jobs"])
+def test_pbspro_workers_pmap_and_qdel(fresh, pbspro, use_array):
+    m = PBSManager(3, use_array=use_array, poll_interval=0.3)
+    assert m.dialect == "pro"  # detected from qstat --version
+    ids = cm.addprocs(m)
+    env = cm.everywhere(lambda: (os.environ["PBS_JOBID"], os.environ.get("PBS_ARRAY_INDEX")))
+    if use_array:
+        assert sorted(i for _, i in env) == ["0", "1", "2"] and all("[" in j for j, _ in env)
+    assert cm.pmap(lambda x: x * 10, range(6)) == [0, 10, 20, 30, 40, 50]
+    victim = ids[0]
+    job = cm.remotecall_fetch(lambda: os.environ["PBS_JOBID"], victim)
+    fut = cm.remotecall(time.sleep, victim, 120)
+    subprocess.run(["qdel", job], check=True)
+    with pytest.raises(ProcessExitedError, match="Exit_status 271: killed by signal 15"):
+        fut.fetch(60)
+    assert victim not in cm.workers() and cm.pmap(abs, [-4]) == [4]
+    cm.rmprocs(cm.workers())
+
+
+def test_pbspro_queue_limit_and_bad_option(fresh, pbspro, monkeypatch):
+    monkeypatch.setenv("FAKE_PBS_SLOTS", "2")
+    with pytest.raises(cm.LaunchError, match="still Q after queue_timeout=3 s") as info:
+        cm.addprocs(PBSManager(3, use_array=True, queue_timeout=3, poll_interval=0.3), timeout=1)
+    assert len(info.value.joined) == 2
+    cm.rmprocs(info.value.joined)
+    with pytest.raises(cm.LaunchError, match="Unknown resource Resource_List.foo"):
+        cm.addprocs(PBSManager(1, qsub_flags=["-l", "foo=1"], retry_delays=()))

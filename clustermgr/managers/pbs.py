@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .base import WorkerHandle
-from .batch import BatchManager, JobState
+from .batch import BatchHandle, BatchManager, JobState, SchedulerCommandError, run_command
 
 DIALECTS = ("torque", "pro")
 
@@ -112,7 +112,25 @@ class PBSManager(BatchManager):
         return f"{short_id(job_id).split('[')[0]}[{index}]"
 
     def array_parent(self, task_id: str) -> str:
-        return task_id.split("[")[0] + ("[]" if "[" in task_id else "")
+        # qstat -t lists every unfinished subjob itself: a missing one has finished, whatever
+        # its parent's state (B while others run)
+        return task_id
+
+    def exit_info(self, handle: BatchHandle) -> str:
+        """PBS Pro keeps finished jobs in its history: ``qstat -x -f`` has Exit_status
+        (above 256: killed by signal N-256, as qdel does with SIGTERM)."""
+        if self.dialect != "pro":
+            return ""
+        try:
+            out = run_command(["qstat", "-x", "-f", handle.job_id], timeout=30)
+        except SchedulerCommandError:
+            return ""
+        match = re.search(r"Exit_status = (-?\d+)", out)
+        if not match:
+            return ""
+        code = int(match.group(1))
+        return f"Exit_status {code}" + (f": killed by signal {code - 256} (qdel sends SIGTERM)"
+                                        if code > 256 else "")
 
     def log_path(self, handle: WorkerHandle) -> str:
         return os.path.join(self.log_dir, f"worker-{handle.launch_id}.log")
