@@ -139,3 +139,11 @@ def test_pbspro_queue_limit_and_bad_option(fresh, pbspro, monkeypatch):
     cm.rmprocs(info.value.joined)
     with pytest.raises(cm.LaunchError, match="Unknown resource Resource_List.foo"):
         cm.addprocs(PBSManager(1, qsub_flags=["-l", "foo=1"], retry_delays=()))
+
+
+def test_function_form(fresh, torque):
+    from clustermgr.managers.pbs import addprocs_pbs
+
+    ids = addprocs_pbs(1, timeout=60, poll_interval=0.5)
+    assert cm.everywhere(lambda: os.environ["PBS_JOBID"].isdigit()) == [True]
+    cm.rmprocs(ids)

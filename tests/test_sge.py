@@ -130,3 +130,11 @@ def test_qrsh_workers_waiting_for_a_slot_do_not_trip_the_join_timeout(fresh, sge
 def test_bad_native_option_shows_the_qsub_error(fresh, sge):
     with pytest.raises(LaunchError, match="qsub"):
         cm.addprocs(SGEManager(1, qsub_flags=["-l", "nosuchresource=1"], retry_delays=()))
+
+
+def test_function_forms(fresh, sge):
+    from clustermgr.managers.sge import addprocs_qrsh, addprocs_sge
+
+    ids = addprocs_sge(1, timeout=60, poll_interval=0.5) + addprocs_qrsh(1, timeout=60)
+    assert len(ids) == 2 and all(j.isdigit() for j in cm.everywhere(lambda: os.environ["JOB_ID"]))
+    cm.rmprocs(ids)

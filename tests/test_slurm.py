@@ -179,3 +179,11 @@ def test_inside_an_allocation_workers_are_srun_steps(slurm, tmp_path):
                    capture_output=True)
     job, n, *steps = out.read_text().split()[-4:]
     assert n == "2" and all(s.isdigit() for s in steps) and len(set(steps)) == 2
+
+
+def test_function_form(fresh, slurm):
+    from clustermgr.managers.slurm import addprocs_slurm
+
+    ids = addprocs_slurm(2, partition="debug", t="00:05:00", timeout=60, poll_interval=0.5)
+    assert len(ids) == 2 and cm.everywhere(lambda: "SLURM_JOB_ID" in os.environ) == [True, True]
+    cm.rmprocs(ids)

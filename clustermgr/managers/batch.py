@@ -378,3 +378,13 @@ class BatchManager(ClusterManager):
         for h in live:
             self._wait_ended(h, 10.0)
         self._stop.set()
+
+
+def addprocs_with(manager_cls: type, np: int, **kwargs: Any) -> list[int]:
+    """Julia's function form (``addprocs_slurm(np, **kw)``): keywords that ``addprocs``
+    takes (``timeout``, ``min_workers``, ``dir``, ...) go to it, the rest to the manager."""
+    from ..cluster import AddprocsOptions, addprocs
+
+    runtime = {k: v for k, v in kwargs.items() if k in AddprocsOptions.names()}
+    manager = manager_cls(np, **{k: v for k, v in kwargs.items() if k not in runtime})
+    return addprocs(manager, **runtime)

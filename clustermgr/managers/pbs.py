@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .base import WorkerHandle
-from .batch import BatchHandle, BatchManager, JobState, SchedulerCommandError, run_command
+from .batch import BatchHandle, BatchManager, JobState, SchedulerCommandError, addprocs_with, run_command
 
 DIALECTS = ("torque", "pro")
 
@@ -134,3 +134,8 @@ class PBSManager(BatchManager):
 
     def log_path(self, handle: WorkerHandle) -> str:
         return os.path.join(self.log_dir, f"worker-{handle.launch_id}.log")
+
+
+def addprocs_pbs(np: int, **kwargs: Any) -> list[int]:
+    """``addprocs(PBSManager(np, ...))`` in one call, as in ClusterManagers.jl."""
+    return addprocs_with(PBSManager, np, **kwargs)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .base import LaunchSpec
-from .batch import BatchHandle, BatchManager, JobState, SchedulerCommandError, run_command
+from .batch import BatchHandle, BatchManager, JobState, SchedulerCommandError, addprocs_with, run_command
 from .local import LocalManager
 
 
@@ -176,3 +176,13 @@ class QRSHManager(LocalManager):
             except SchedulerCommandError:
                 pass
             time.sleep(0.1)  # the queue has no event to wait for
+
+
+def addprocs_sge(np: int, **kwargs: Any) -> list[int]:
+    """``addprocs(SGEManager(np, ...))`` in one call, as in ClusterManagers.jl."""
+    return addprocs_with(SGEManager, np, **kwargs)
+
+
+def addprocs_qrsh(np: int, **kwargs: Any) -> list[int]:
+    """``addprocs(QRSHManager(np, ...))`` in one call, as in ClusterManagers.jl."""
+    return addprocs_with(QRSHManager, np, **kwargs)

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from .base import LaunchSpec, WorkerHandle
-from .batch import BatchManager, JobState, flag
+from .batch import BatchManager, JobState, addprocs_with, flag
 from .local import LocalManager
 
 
@@ -119,3 +119,8 @@ class _SrunSteps(LocalManager):
         flags = [f for name, value in self.slurm.flags.items() for f in flag(name, value)]
         cores = [f"--cpus-per-task={self.slurm.cores}"] if self.slurm.cores else []
         return ["srun", "--ntasks=1", "--nodes=1", "--exact", *cores, *flags, *spec.argv()]
+
+
+def addprocs_slurm(np: int, **kwargs: Any) -> list[int]:
+    """``addprocs(SlurmManager(np, ...))`` in one call, as in ClusterManagers.jl."""
+    return addprocs_with(SlurmManager, np, **kwargs)
