@@ -109,6 +109,8 @@ class BatchManager(ClusterManager):
     directive: ClassVar[str] = "#"
     job_id_regexp: ClassVar[str] = r"(?P<job_id>\d+)"
     array_index_var: str = ""  # a PBS manager picks it per dialect
+    #: ``{option: directive template}`` for the common options that map one to one
+    resource_templates: ClassVar[dict[str, str]] = {}
     arrays_by_default: ClassVar[bool] = True
     cancel_many: ClassVar[bool] = True  # one cancel command for many jobs
     states: ClassVar[dict[str, JobState]] = {}
@@ -147,7 +149,12 @@ class BatchManager(ClusterManager):
 
     def resource_directives(self) -> list[str]:
         """Directive arguments for the common options and the raw flags."""
-        return []
+        return self.templated_directives()
+
+    def templated_directives(self) -> list[str]:
+        """The common options set on this manager, rendered with ``resource_templates``."""
+        return [template.format(getattr(self, name)) for name, template in self.resource_templates.items()
+                if getattr(self, name) not in (None, "")]
 
     @abstractmethod
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:

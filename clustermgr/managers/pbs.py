@@ -46,6 +46,8 @@ class PBSManager(BatchManager):
     job_id_regexp = r"^\s*(?P<job_id>\d+(?:\[\d*\])?(?:\.\S+)?)"
     arrays_by_default = False
     cancel_many = False  # Slurm's Torque qdel takes one id
+    resource_templates: ClassVar[dict[str, str]] = {
+        "walltime": "-l walltime={}", "queue": "-q {}", "account": "-A {}"}
     states: ClassVar[dict[str, JobState]] = {
         **{s: JobState.PENDING for s in "QHWTSU"},
         **{s: JobState.RUNNING for s in "REB"},
@@ -74,13 +76,7 @@ class PBSManager(BatchManager):
             select += f":mem={self.memory}" if self.memory else ""
             select += f":ngpus={self.gpus}" if self.gpus else ""
             d.append(f"-l {select}")
-        if self.walltime:
-            d.append(f"-l walltime={self.walltime}")
-        if self.queue:
-            d.append(f"-q {self.queue}")
-        if self.account:
-            d.append(f"-A {self.account}")
-        return d
+        return d + self.templated_directives()
 
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         # -V exports the submitter's environment (the secret travels there, not in argv);

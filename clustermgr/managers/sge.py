@@ -31,19 +31,13 @@ class SGEManager(BatchManager):
         self.qsub_flags = list(qsub_flags)
         self.wd = wd
 
+    resource_templates: ClassVar[dict[str, str]] = {
+        "job_name": "-N {}", "memory": "-l h_vmem={}", "walltime": "-l h_rt={}", "queue": "-q {}",
+        "account": "-A {}"}
+
     def resource_directives(self) -> list[str]:
-        d = [f"-N {self.job_name}", "-S /bin/bash"]
-        if self.cores and self.cores > 1:
-            d.append(f"-pe smp {self.cores}")
-        if self.memory:
-            d.append(f"-l h_vmem={self.memory}")
-        if self.walltime:
-            d.append(f"-l h_rt={self.walltime}")
-        if self.queue:
-            d.append(f"-q {self.queue}")
-        if self.account:
-            d.append(f"-A {self.account}")
-        return d
+        pe = [f"-pe smp {self.cores}"] if self.cores and self.cores > 1 else []
+        return ["-S /bin/bash", *pe, *self.templated_directives()]
 
     def index_expression(self) -> str:
         return "$(( ${SGE_TASK_ID:-1} - 1 ))"  # SGE counts tasks from 1

@@ -43,18 +43,15 @@ class SlurmManager(BatchManager):
         self.allocation = bool(os.environ.get("SLURM_JOB_ID")) if allocation is None else allocation
         self._steps: _SrunSteps | None = None
 
+    resource_templates: ClassVar[dict[str, str]] = {
+        "job_name": "--job-name={}", "cores": "--cpus-per-task={}", "memory": "--mem={}",
+        "walltime": "--time={}", "queue": "--partition={}", "account": "--account={}",
+        "gpus": "--gpus-per-task={}"}
+
     def resource_directives(self) -> list[str]:
-        d = [f"--job-name={self.job_name}", f"--output={self.log_dir}/worker-%A_%a.log"]
-        for name, value in (("cpus-per-task", self.cores), ("mem", self.memory),
-                            ("time", self.walltime), ("partition", self.queue),
-                            ("account", self.account)):
-            if value is not None:
-                d.append(f"--{name}={value}")
-        if self.gpus:
-            d.append(f"--gpus-per-task={self.gpus}")
-        for name, value in self.flags.items():
-            d.append(" ".join(flag(name, value)))
-        return d
+        output = f"--output={self.log_dir}/worker-%A_%a.log"
+        flags = [" ".join(flag(name, value)) for name, value in self.flags.items()]
+        return [*self.templated_directives()[:1], output, *self.templated_directives()[1:], *flags]
 
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         array = [f"--array=0-{n - 1}"] if self.use_array else []
