@@ -26,7 +26,11 @@ def execute(node: Node, hdr: Header, frames: list) -> None:
     flags: int
     try:
         f, args, kwargs = _decode_call(frames)
-        value = f(*args, **kwargs)
+        node.in_user_code += 1  # interrupts may land only while user code runs
+        try:
+            value = f(*args, **kwargs)
+        finally:
+            node.in_user_code -= 1
     except BaseException as exc:  # noqa: BLE001 - every outcome is reported
         if not want_reply:
             _print_unreported(node, exc)

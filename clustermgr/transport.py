@@ -67,6 +67,7 @@ class Node(abc.ABC):
         self.channels = ChannelStore(self)
         self.members: list[int] = []
         self.topology = "all_to_all"
+        self.in_user_code = 0  # > 0 while the main thread runs a task's function
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         inproc = f"inproc://clustermgr-outbox-{id(self)}"
         self._pull = self.ctx.socket(zmq.PULL)

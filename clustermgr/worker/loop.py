@@ -67,6 +67,8 @@ class WorkerNode(Node):
         self.last_from_master = time.monotonic()
         self.last_beat = 0.0
         self.running = 0  # depth of tasks on the main thread (nested calls)
+        self.task_seq = 0  # tasks started so far: an interrupt belongs to one of them
+        self.interrupting: tuple[int, int] | None = None  # (task_seq, SIGINTs left to send)
         self.leaving = False
         self.restarted = False
         self._pool: Any = None
@@ -91,7 +93,7 @@ class WorkerNode(Node):
         self.topology = str(welcome.get("topology", "all_to_all"))
         self.heartbeat_interval = float(welcome.get("heartbeat_interval", 1.0))
         self.master_grace = float(welcome.get("master_grace", 60.0))
-        self.tick_interval = min(0.25, self.heartbeat_interval / 2)
+        self.tick_interval = min(0.25, self.heartbeat_interval / 2)  # also paces interrupt repeats
         return welcome
 
     def _send_now(self, kind: Kind, body: dict) -> None:
@@ -132,7 +134,8 @@ class WorkerNode(Node):
         kind = hdr.kind
         if kind == Kind.INTERRUPT:
             if self.running:
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+                self.interrupting = (self.task_seq, 10)
+                self._signal_main()
         elif kind == Kind.SHUTDOWN:
             self.inbox.put(_SHUTDOWN)
         elif kind == Kind.REFUSED:  # a new master on the same address: start over
@@ -150,7 +153,22 @@ class WorkerNode(Node):
             self.members = [w for w in self.members if w != wid]
             self.fail_target(wid, ProcessExitedError(wid, str(msg.get("cause", "?"))))
 
+    def _signal_main(self) -> None:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    def _repeat_interrupt(self) -> None:
+        """A signal can be swallowed (C code that retries on EINTR): repeat it while the
+        same task is still in user code, a few times."""
+        seq, left = self.interrupting or (0, 0)
+        if left and seq == self.task_seq and self.in_user_code:
+            self.interrupting = (seq, left - 1)
+            self._signal_main()
+        else:
+            self.interrupting = None
+
     def _tick(self, now: float) -> None:
+        if self.interrupting:
+            self._repeat_interrupt()
         if now - self.last_beat >= self.heartbeat_interval:
             self.last_beat = now
             self.dealer.send_multipart([pack_header(Kind.HEARTBEAT, 0, self.myid, 1), b""])
@@ -211,6 +229,7 @@ class WorkerNode(Node):
     # --- the main thread ----------------------------------------------------------------
 
     def run_task(self, hdr: Header, frames: list) -> None:
+        self.task_seq += 1
         self.running += 1
         try:
             execute(self, hdr, frames)
@@ -232,8 +251,10 @@ class WorkerNode(Node):
         self.send_msg(Kind.BYE, P.MASTER_ID)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
-        """SIGINT interrupts a running task only (the runtime itself is never interrupted)."""
-        if self.running:
+        """SIGINT interrupts a task's own code only: never the runtime around it (the reply
+        to the caller must always go out)."""
+        if self.in_user_code:
+            self.interrupting = None
             raise KeyboardInterrupt
 
 
