@@ -85,6 +85,12 @@ class AddprocsOptions:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def split(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(addprocs keywords, the rest)``: for the forms that also build a manager."""
+        runtime = {k: v for k, v in kwargs.items() if k in cls.names()}
+        return runtime, {k: v for k, v in kwargs.items() if k not in runtime}
+
+    @classmethod
     def parse(cls, kwargs: dict[str, Any]) -> AddprocsOptions:
         unknown = sorted(set(kwargs) - set(cls.names()))
         if unknown:
@@ -147,8 +153,7 @@ def _ssh_manager(machines: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Clust
     runtime and ``SSHManager``."""
     from .managers.ssh import SSHManager
 
-    runtime = {k: v for k, v in kwargs.items() if k in AddprocsOptions.names()}
-    ssh = {k: v for k, v in kwargs.items() if k not in runtime}
+    runtime, ssh = AddprocsOptions.split(kwargs)
     unknown = sorted(set(ssh) - set(SSHManager.default_params()))
     if unknown:
         raise TypeError(f"addprocs(machines) got unknown keyword(s) {unknown}; valid keywords: "

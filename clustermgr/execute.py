@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import serialize
 from .errors import ClusterError
 from .protocol import Flag, Header, Kind, pack_header
-from .remote import error_frames
+from .remote import ErrorPayload, error_frames
 
 if TYPE_CHECKING:
     from .transport import Node
@@ -52,7 +52,7 @@ def run_local(node: Node, fut: Any, f: Callable, args: tuple, kwargs: dict) -> N
         if fut is None:
             _print_unreported(node, exc)
         else:
-            fut._set_exception(serialize.loads(error_frames(node.myid, exc)).to_exception())
+            fut._set_exception(ErrorPayload(node.myid, exc).to_exception())
         return
     if fut is not None:
         fut._set_value(value)

@@ -190,7 +190,9 @@ class BatchManager(ClusterManager):
         return f"${{{self.array_index_var}:-0}}" if self.array_index_var else "0"
 
     def array_parent(self, task_id: str) -> str:
-        """The submission a task id belongs to (to read its state when only that is listed)."""
+        """The submission a task id belongs to, for schedulers that list some tasks only
+        under their array (Slurm: cancelled pending tasks).  Default: none, a task missing
+        from the listing has finished (PBS ``qstat -t`` lists every unfinished subjob)."""
         return task_id
 
     # --- the job script ----------------------------------------------------------------
@@ -392,6 +394,5 @@ def addprocs_with(manager_cls: type, np: int, **kwargs: Any) -> list[int]:
     takes (``timeout``, ``min_workers``, ``dir``, ...) go to it, the rest to the manager."""
     from ..cluster import AddprocsOptions, addprocs
 
-    runtime = {k: v for k, v in kwargs.items() if k in AddprocsOptions.names()}
-    manager = manager_cls(np, **{k: v for k, v in kwargs.items() if k not in runtime})
-    return addprocs(manager, **runtime)
+    runtime, options = AddprocsOptions.split(kwargs)
+    return addprocs(manager_cls(np, **options), **runtime)

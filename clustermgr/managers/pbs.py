@@ -107,11 +107,6 @@ class PBSManager(BatchManager):
             return short_id(job_id)
         return f"{short_id(job_id).split('[')[0]}[{index}]"
 
-    def array_parent(self, task_id: str) -> str:
-        # qstat -t lists every unfinished subjob itself: a missing one has finished, whatever
-        # its parent's state (B while others run)
-        return task_id
-
     def exit_info(self, handle: BatchHandle) -> str:
         """PBS Pro keeps finished jobs in its history: ``qstat -x -f`` has Exit_status
         (above 256: killed by signal N-256, as qdel does with SIGTERM)."""

@@ -49,9 +49,9 @@ class SlurmManager(BatchManager):
         "gpus": "--gpus-per-task={}"}
 
     def resource_directives(self) -> list[str]:
-        output = f"--output={self.log_dir}/worker-%A_%a.log"
-        flags = [" ".join(flag(name, value)) for name, value in self.flags.items()]
-        return [*self.templated_directives()[:1], output, *self.templated_directives()[1:], *flags]
+        d = self.templated_directives()
+        d.insert(1, f"--output={self.log_dir}/worker-%A_%a.log")  # after the job name
+        return d + [" ".join(flag(key, value)) for key, value in self.flags.items()]
 
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         array = [f"--array=0-{n - 1}"] if self.use_array else []
