@@ -6,6 +6,7 @@ import sys
 import threading
 
 import pytest
+from procs import watch
 
 import clustermgr as cm
 from clustermgr import LaunchError, TopologyError
@@ -151,20 +152,14 @@ def test_topology_error_type():
 
 
 def test_removed_worker_takes_its_process_tree(fresh):
-    import select
 
     [a, b] = cm.addprocs(2)
     start = lambda: __import__("subprocess").Popen(["sleep", "600"], start_new_session=True).pid  # noqa: E731
     detached = [cm.remotecall_fetch(start, a), cm.remotecall_fetch(start, b)]
-    fds = [os.pidfd_open(pid) for pid in detached]  # not our children: watch them by pidfd
-    try:
+    with watch(detached) as children:  # not our children
         os.kill(cm.remotecall_fetch(os.getpid, b), signal.SIGSTOP)  # b cannot leave by itself
         cm.rmprocs(a, b, waitfor=1.0)  # a leaves when asked; b is killed, tree and all
-        for fd in fds:
-            assert select.select([fd], [], [], 15)[0], "a worker's child outlived it"
-    finally:
-        for fd in fds:
-            os.close(fd)
+        assert children.all_gone(15), "a worker's child outlived it"
 
 
 EXIT_SCRIPT = """
@@ -175,19 +170,15 @@ print(*[cm.remotecall_fetch(os.getpid, w) for w in ids], flush=True)
 
 
 def test_master_exit_removes_its_workers():
-    import select
     import subprocess
 
     proc = subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in proc.stdout.readline().split()]
-    fds = [os.pidfd_open(p) for p in pids]
     try:
-        assert proc.wait(30) == 0
-        for fd in fds:  # gone by the time the master has exited, or very soon after
-            assert select.select([fd], [], [], 10)[0]
+        with watch(pids) as workers:
+            assert proc.wait(30) == 0
+            assert workers.all_gone(10)  # gone when the master has exited, or very soon after
     finally:
-        for fd in fds:
-            os.close(fd)
         proc.stdout.close()
 
 

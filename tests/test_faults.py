@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import select
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import time
 import psutil
 import pytest
 import zmq
+from procs import watch
 
 import clustermgr as cm
 from clustermgr import protocol as P
@@ -141,15 +141,12 @@ def test_worker_exits_when_master_is_killed():
                                    text=True)
     try:
         worker_pid = int(master_proc.stdout.readline())
-        exited = os.pidfd_open(worker_pid)  # readable when it exits, though not our child
-        try:
+        with watch([worker_pid]) as worker:  # not our child: its master is
             master_proc.kill()
             master_proc.wait(10)
             t0 = time.monotonic()
-            assert select.select([exited], [], [], 15)[0], "the worker outlived its master"
+            assert worker.all_gone(15), "the worker outlived its master"
             assert time.monotonic() - t0 < 2.0 + 1.0  # the grace, plus ticks and slack
-        finally:
-            os.close(exited)
     finally:
         master_proc.kill()
         master_proc.wait(10)

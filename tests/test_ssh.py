@@ -1,13 +1,13 @@
 """SSHManager against the real sshd of ../shared/clusters/ssh (127.0.0.1:2222)."""
 
 import os
-import select
 import signal
 import sys
 
 import psutil
 import pytest
 from backends import start
+from procs import watch
 
 import clustermgr as cm
 from clustermgr import LaunchError
@@ -35,13 +35,8 @@ def remote_pid(w):
 
 
 def wait_gone(pids, timeout=15):
-    fds = [os.pidfd_open(p) for p in pids if psutil.pid_exists(p)]
-    try:
-        for fd in fds:
-            assert select.select([fd], [], [], timeout)[0], "a remote worker survived"
-    finally:
-        for fd in fds:
-            os.close(fd)
+    with watch(pids) as remote:
+        assert remote.all_gone(timeout), "a remote worker survived"
 
 
 def test_machine_specs():
