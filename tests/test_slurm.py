@@ -187,3 +187,10 @@ def test_function_form(fresh, slurm):
     ids = addprocs_slurm(2, partition="debug", t="00:05:00", timeout=60, poll_interval=0.5)
     assert len(ids) == 2 and cm.everywhere(lambda: "SLURM_JOB_ID" in os.environ) == [True, True]
     cm.rmprocs(ids)
+
+
+def test_submit_from_a_missing_folder_says_so(tmp_path):
+    from clustermgr.managers.batch import run_command
+
+    with pytest.raises(LaunchError, match="working folder .*/gone does not exist"):
+        run_command(["true"], cwd=str(tmp_path / "gone"))

@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -53,14 +52,19 @@ class SchedulerCommandError(LaunchError):
 
 
 def run_command(argv: Sequence[str], *, timeout: float = 60.0, env: dict[str, str] | None = None,
-                cwd: str | None = None) -> str:
-    """Run one scheduler command; its stdout, or :class:`SchedulerCommandError`."""
+                cwd: str | None = None, input: str | None = None) -> str:
+    """Run one scheduler command (*input* on its stdin, else none); its stdout, or
+    :class:`SchedulerCommandError`."""
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+                              env=env, cwd=cwd, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise SchedulerCommandError(argv, None, str(exc.stdout or ""), str(exc.stderr or "")) from None
     except FileNotFoundError:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise LaunchError(f"cannot run `{shlex.join(argv)}`: the working folder {cwd} does "
+                              "not exist here; create it or pass an existing dir=") from None
         raise SchedulerCommandError(argv, 127, "", f"{argv[0]}: command not found; is the "
                                     "scheduler's client installed and on PATH?") from None
     if done.returncode != 0:
@@ -156,22 +160,25 @@ class BatchManager(ClusterManager):
         return [template.format(getattr(self, name)) for name, template in self.resource_templates.items()
                 if getattr(self, name) not in (None, "")]
 
-    @abstractmethod
+    # A command-line scheduler supplies these four; a manager that talks to a library
+    # (DRMAA) overrides submit_workers, poll_table and cancel instead.
+
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         """The command that submits *script* as *n* workers (n > 1: an array).  *tag* names
         the submission (a launch id, or the array's prefix) for its log file."""
+        raise TypeError(f"{type(self).__name__} must define submit_argv or submit_workers")
 
-    @abstractmethod
     def status_argv(self) -> list[str]:
-        """One command that lists every job of this user, array tasks one per line."""
+        """One command that lists every job of this manager, array tasks one per line."""
+        raise TypeError(f"{type(self).__name__} must define status_argv or poll_table")
 
-    @abstractmethod
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         """The command that cancels *job_ids*."""
+        raise TypeError(f"{type(self).__name__} must define cancel_argv or cancel")
 
-    @abstractmethod
     def parse_status(self, text: str) -> dict[str, tuple[str, str]]:
         """``{job id: (state word, reason)}`` from the status command's output."""
+        raise TypeError(f"{type(self).__name__} must define parse_status or poll_table")
 
     def task_id(self, job_id: str, index: int, n: int) -> str:
         """The scheduler's id of array task *index* of the submission *job_id*."""
@@ -226,16 +233,11 @@ class BatchManager(ClusterManager):
         for i in range(self.np):
             spec.expect(f"{prefix}-{i}")
         script = self._write_script(spec, prefix)
-        env = {**os.environ, "CLUSTERMGR_MASTER": spec.address,
+        env = {**os.environ, **spec.env, "CLUSTERMGR_MASTER": spec.address,
                "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1",
                "CLUSTERMGR_ENCRYPT": "1" if spec.encrypt else ""}
         env.pop("CLUSTERMGR_LAUNCH_ID", None)
-        if self.use_array:
-            job_id = self._submit(script, self.np, prefix, env, spec.dir)
-            ids = [self.task_id(job_id, i, self.np) for i in range(self.np)]
-            log.info("%s: submitted array job %s for %d workers", self.scheduler, job_id, self.np)
-        else:
-            ids = self._submit_each(script, prefix, env, spec.dir)
+        ids = self.submit_workers(script, prefix, env, spec.dir)
         now = time.monotonic()
         new = [BatchHandle(f"{prefix}-{i}", "?", job, i, "PENDING", "", now, queued=True)
                for i, job in enumerate(ids)]
@@ -243,6 +245,36 @@ class BatchManager(ClusterManager):
             self.handles.extend(new)
         self._start_polling()
         yield from new
+
+    def submit_workers(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
+        """Submit *script* for ``np`` workers (one array, or one job each); their job ids.
+        *env* holds the secret: it goes to the submit command's environment only."""
+        if not self.use_array:
+            return self._submit_each(script, prefix, env, cwd)
+        job_id = self._submit(script, self.np, prefix, env, cwd)
+        log.info("%s: submitted array job %s for %d workers", self.scheduler, job_id, self.np)
+        return [self.task_id(job_id, i, self.np) for i in range(self.np)]
+
+    def run_submit(self, argv: list[str], script: str, env: dict[str, str], cwd: str) -> str:
+        """Run one submit command; its stdout.  Override to feed the script on stdin or to
+        submit from another host."""
+        return run_command(argv, env=env, cwd=cwd)
+
+    def run(self, argv: list[str], timeout: float = 30.0) -> str:
+        """Run a status or cancel command; override to run it elsewhere (``ssh_cmd``)."""
+        return run_command(argv, timeout=timeout)
+
+    def poll_table(self) -> dict[str, tuple[str, str]]:
+        """``{job id: (state word, reason)}`` for this manager's jobs, in one call."""
+        return self.parse_status(self.run(self.status_argv()))
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel *job_ids* (already gone is fine)."""
+        for group in [list(job_ids)] if self.cancel_many else [[i] for i in job_ids]:
+            try:
+                self.run(self.cancel_argv(group))
+            except SchedulerCommandError as exc:
+                log.debug("%s cancel: %s", self.scheduler, exc)
 
     def _submit_each(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
         """One job per worker, at most ``throttle`` submissions in flight."""
@@ -270,7 +302,7 @@ class BatchManager(ClusterManager):
         for attempt, delay in enumerate(delays):
             time.sleep(delay)
             try:
-                out = run_command(self.submit_argv(script, n, tag), env=env, cwd=cwd)
+                out = self.run_submit(self.submit_argv(script, n, tag), script, env, cwd)
             except SchedulerCommandError as exc:
                 if attempt == len(delays) - 1 or exc.returncode == 127:
                     raise
@@ -300,9 +332,9 @@ class BatchManager(ClusterManager):
             if not live:
                 return
             try:
-                table = self.parse_status(run_command(self.status_argv(), timeout=30))
+                table = self.poll_table()
                 failures = 0
-            except SchedulerCommandError as exc:
+            except (SchedulerCommandError, OSError) as exc:
                 failures += 1
                 level = logging.WARNING if failures >= self.max_failed_polls else logging.DEBUG
                 log.log(level, "%s status poll failed (%d in a row): %s", self.scheduler, failures, exc)
@@ -345,12 +377,8 @@ class BatchManager(ClusterManager):
         self._spec.on_exit(h, cause, self.log_tail(h))  # type: ignore[union-attr]
 
     def _cancel(self, handles: Sequence[BatchHandle]) -> None:
-        ids = [h.job_id for h in handles]
-        for group in ([ids] if self.cancel_many else [[i] for i in ids]) if ids else []:
-            try:
-                run_command(self.cancel_argv(group), timeout=30)
-            except SchedulerCommandError as exc:
-                log.debug("%s cancel: %s", self.scheduler, exc)  # already gone is fine
+        if handles:
+            self.cancel([h.job_id for h in handles])
 
     # --- the ClusterManager hooks ------------------------------------------------------
 
