@@ -76,7 +76,8 @@ def test_three_workers_pmap_and_condor_rm(fresh, htcondor):
     handle = m.handles[int(cm.remotecall_fetch(lambda: os.environ["CLUSTERMGR_TASK"], victim))]
     fut = cm.remotecall(time.sleep, victim, 120)
     subprocess.run(["condor_rm", handle.job_id], check=True, capture_output=True)
-    with pytest.raises(ProcessExitedError, match=rf"HTCondor job {handle.job_id} .*(Removed|condor_rm)") as info:
+    cause = rf"HTCondor job {handle.job_id} .*(Removed|condor_rm)"
+    with pytest.raises(ProcessExitedError, match=cause) as info:
         fut.fetch(60)
     assert info.value.worker_id == victim
     assert cm.pmap(abs, [-1, -2]) == [1, 2] and victim not in cm.workers()

@@ -119,6 +119,8 @@ class BatchManager(ClusterManager):
     cancel_many: ClassVar[bool] = True  # one cancel command for many jobs
     states: ClassVar[dict[str, JobState]] = {}
     max_failed_polls: ClassVar[int] = 5
+    #: submit errors that no retry can fix (a usage error): a regular expression
+    fatal_submit_errors: ClassVar[str] = ""
 
     def __init__(self, np: int, *, cores: int | None = None, memory: str | None = None,
                  walltime: str | None = None, queue: str | None = None, account: str | None = None,
@@ -304,7 +306,9 @@ class BatchManager(ClusterManager):
             try:
                 out = self.run_submit(self.submit_argv(script, n, tag), script, env, cwd)
             except SchedulerCommandError as exc:
-                if attempt == len(delays) - 1 or exc.returncode == 127:
+                said = exc.stderr + exc.stdout
+                fatal = self.fatal_submit_errors and re.search(self.fatal_submit_errors, said)
+                if attempt == len(delays) - 1 or exc.returncode == 127 or fatal:
                     raise
                 log.warning("%s submit failed, retrying in %s s: %s", self.scheduler,
                             delays[attempt + 1], exc)
@@ -361,6 +365,7 @@ class BatchManager(ClusterManager):
         else:  # finished, or gone from the queue
             h.state = word or h.state
             how = f"ended in state {word}" if word else "left the queue"
+            how += f" ({reason})" if word and reason else ""
             info = "" if word else self.exit_info(h)
             self._ended(h, f"{self.scheduler} job {h.job_id} {how}" + (f" ({info})" if info else ""))
 

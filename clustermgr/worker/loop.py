@@ -252,8 +252,11 @@ class WorkerNode(Node):
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT interrupts a task's own code only: never the runtime around it (the reply
-        to the caller must always go out)."""
-        if self.in_user_code:
+        to the caller must always go out).  Only the SIGINTs this worker sends itself (for
+        ``interrupt()``, or a restarted master) count: one from outside (a terminal's
+        Ctrl-C, LSF's ``bkill``, which sends SIGINT before SIGTERM) is ignored, so a worker
+        is stopped by the scheduler's SIGTERM/SIGKILL, and its callers are told so."""
+        if self.in_user_code and (self.interrupting is not None or self.restarted):
             self.interrupting = None
             raise KeyboardInterrupt
 

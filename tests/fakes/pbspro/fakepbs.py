@@ -23,12 +23,11 @@ What it reproduces of PBS Pro (OpenPBS 22/23), because clustermgr relies on it:
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from spool import Spool, alive, kill_session, start  # noqa: E402
 
 SERVER = "fakepbs"
 HOME = os.environ.get("FAKE_PBS_HOME", f"/tmp/fakepbs-{getpass.getuser()}")
@@ -38,40 +37,16 @@ USAGE = ("usage: qsub [-a date_time] [-A account_string] [-e path] [-j oe|eo|n] 
          "\t[-l resource_list] [-N name] [-o path] [-q queue] [-v variable_list] [-V] script\n")
 
 
-def _path(job: str) -> str:
-    return os.path.join(HOME, f"{job}.json")
-
-
-def _load_all() -> list[dict]:
-    out = []
-    for name in sorted(os.listdir(HOME), key=lambda n: (len(n), n)):
-        if name.endswith(".json"):
-            with open(os.path.join(HOME, name)) as fh:
-                out.append(json.load(fh))
-    return out
-
-
-def _save(job: dict) -> None:
-    fd = os.open(_path(job["num"]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(job, fh)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+SPOOL = Spool(HOME)
 
 
 def _schedule() -> None:
     """Reap finished subjobs, start queued ones while slots are free."""
-    jobs = _load_all()
+    jobs = SPOOL.load_all()
     running = 0
     for job in jobs:
         for sub in job["subjobs"]:
-            if sub["state"] == "R" and not _alive(sub["pid"]):
+            if sub["state"] == "R" and not alive(sub["pid"]):
                 sub["state"], sub["exit"] = "F", sub.get("exit", 0)
             running += sub["state"] == "R"
     for job in jobs:
@@ -79,7 +54,7 @@ def _schedule() -> None:
             if sub["state"] == "Q" and running < SLOTS:
                 _start(job, sub)
                 running += 1
-        _save(job)
+        SPOOL.save(job)
 
 
 def _start(job: dict, sub: dict) -> None:
@@ -88,19 +63,7 @@ def _start(job: dict, sub: dict) -> None:
     if sub["index"] is not None:
         env["PBS_ARRAY_INDEX"] = str(sub["index"])
     out = job["out"] or os.path.join(job["cwd"], f"{job['name']}.o{job['num']}")
-    with open(out, "ab") as log:
-        proc = subprocess.Popen(["/bin/bash", job["script"]], env=env, cwd=job["cwd"],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    sub["state"], sub["pid"] = "R", proc.pid
-
-
-def _next_number() -> int:
-    path = os.path.join(HOME, "counter")
-    num = int(open(path).read()) + 1 if os.path.exists(path) else 100
-    with open(path, "w") as fh:
-        fh.write(str(num))
-    return num
+    sub["state"], sub["pid"] = "R", start(["/bin/bash", job["script"]], env, job["cwd"], out)
 
 
 def qsub(argv: list[str]) -> int:
@@ -129,7 +92,7 @@ def qsub(argv: list[str]) -> int:
             sys.stderr.write("qsub: Unknown queue\n")
             return 1
         o[key] = value
-    num = _next_number()
+    num = SPOOL.next_number()
     script = os.path.abspath(args[0])
     if "-J" in o:
         lo, hi = (int(x) for x in o["-J"].split("-"))
@@ -141,18 +104,16 @@ def qsub(argv: list[str]) -> int:
     job = {"num": str(num), "id": jid, "name": o.get("-N", os.path.basename(script))[:15],
            "user": getpass.getuser(), "script": script, "cwd": os.getcwd(), "env": env,
            "out": o.get("-o", ""), "subjobs": subs, "array": "-J" in o}
-    _save(job)
+    SPOOL.save(job)
     _schedule()
     print(jid)
     return 0
 
 
 def _find(ident: str) -> tuple[dict, list[dict]] | None:
-    num = ident.split(".")[0].split("[")[0]
-    if not num.isdigit() or not os.path.exists(_path(num)):
+    job = SPOOL.load(ident.split(".")[0].split("[")[0])
+    if job is None:
         return None
-    with open(_path(num)) as fh:
-        job = json.load(fh)
     if "[" in ident and not ident.split(".")[0].endswith("[]"):
         index = int(ident.split("[")[1].split("]")[0])
         subs = [s for s in job["subjobs"] if s["index"] == index]
@@ -176,23 +137,11 @@ def qdel(argv: list[str]) -> int:
         job, subs = found
         for sub in subs:
             if sub["state"] == "R":
-                _signal(sub["pid"])
+                kill_session(sub["pid"])
             sub["state"], sub["exit"] = "F", 271
-        _save(job)
+        SPOOL.save(job)
     _schedule()
     return status & 0xFF
-
-
-def _signal(pid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        for _ in range(50):
-            if not _alive(pid):
-                return
-            time.sleep(0.02)
 
 
 def qstat(argv: list[str]) -> int:
@@ -217,7 +166,7 @@ def qstat(argv: list[str]) -> int:
             print(f"    Exit_status = {sub.get('exit', 0)}")
         return 0
     rows = []
-    for job in _load_all():
+    for job in SPOOL.load_all():
         states = [s["state"] for s in job["subjobs"]]
         done = all(s == "F" for s in states)
         if done and not history:
@@ -238,8 +187,7 @@ def qstat(argv: list[str]) -> int:
 
 
 def main() -> int:
-    os.makedirs(HOME, mode=0o700, exist_ok=True)
-    os.chmod(HOME, 0o700)
+    SPOOL.locked()  # held until the command exits
     command = sys.argv[1]  # bin/qsub, bin/qstat and bin/qdel pass their own name
     return {"qsub": qsub, "qstat": qstat, "qdel": qdel}[command](sys.argv[2:])
 
