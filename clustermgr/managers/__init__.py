@@ -1,6 +1,11 @@
 """Cluster managers: the abstract contract and the back ends.
 
-``SSHManager`` lives in ``clustermgr.managers.ssh`` (it needs the ``ssh`` extra).
+Each back end is a module of its own, imported when used (some need an extra):
+``ssh.SSHManager`` (``[ssh]``), ``slurm.SlurmManager``, ``pbs.PBSManager``,
+``sge.SGEManager`` / ``sge.QRSHManager``, ``htcondor.HTCManager``, ``lsf.LSFManager``,
+``drmaa.DRMAAManager`` (``[drmaa]``), ``docker.DockerManager`` (``[docker]``),
+``scyld.ScyldManager``, ``kubernetes.KubernetesManager``; each has an ``addprocs_<name>``
+function form.
 """
 
 from .affinity import AffinityMode, LocalAffinityManager

@@ -119,6 +119,8 @@ class BatchManager(ClusterManager):
     cancel_many: ClassVar[bool] = True  # one cancel command for many jobs
     states: ClassVar[dict[str, JobState]] = {}
     max_failed_polls: ClassVar[int] = 5
+    #: what the queue_timeout option is called in messages (Kubernetes: pending_timeout)
+    queue_timeout_name: ClassVar[str] = "queue_timeout"
     #: submit errors that no retry can fix (a usage error): a regular expression
     fatal_submit_errors: ClassVar[str] = ""
 
@@ -355,7 +357,7 @@ class BatchManager(ClusterManager):
             h.state, h.reason = word, reason
             waited = time.monotonic() - h.submitted
             if self.queue_timeout is not None and waited > self.queue_timeout:
-                self._give_up(h, f"still {word} after queue_timeout={self.queue_timeout} s "
+                self._give_up(h, f"still {word} after {self.queue_timeout_name}={self.queue_timeout} s "
                               f"(reason: {reason or 'none given'})")
         elif state is JobState.RUNNING:
             h.state = word
