@@ -41,26 +41,3 @@ def sourced(script: str) -> dict[str, str]:
     pairs = (item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
     return {k: v for k, v in pairs if os.environ.get(k) != v}
 
-
-def readable_runtime(dest: Path) -> str:
-    """Copy what a worker imports (clustermgr and its dependencies) into *dest*, readable
-    by every user, for back ends whose jobs run as another user; the PYTHONPATH to use."""
-    import shutil
-
-    import cloudpickle
-    import psutil
-    import zmq
-
-    import clustermgr
-
-    dest.mkdir(parents=True, exist_ok=True)
-    site = Path(zmq.__file__).parents[1]
-    for pkg in (clustermgr, cloudpickle, psutil, zmq):
-        src = Path(pkg.__file__).parent
-        shutil.copytree(src, dest / src.name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    if (site / "pyzmq.libs").exists():
-        shutil.copytree(site / "pyzmq.libs", dest / "pyzmq.libs", dirs_exist_ok=True)
-    for path in [dest, *dest.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return str(dest)

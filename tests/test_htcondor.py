@@ -1,8 +1,8 @@
 """HTCManager: units, then the real personal HTCondor pool of ../shared/clusters/htcondor.
 
 The pool runs every job as the unprivileged user ``htcjob``: the workers use the system's
-``/usr/bin/python3`` with a copy of clustermgr and its dependencies that user can read, and
-a work folder it can write, as the module docstring tells users to set up.
+``/usr/bin/python3`` with ``shared_runtime()``'s copy of clustermgr and its dependencies,
+and a work folder that user can write, as the module docstring tells users to set up.
 """
 
 import getpass
@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from backends import readable_runtime, sourced, start
+from backends import sourced, start
 
 import clustermgr as cm
 from clustermgr import LaunchError, ProcessExitedError
 from clustermgr.managers.batch import JobState
-from clustermgr.managers.htcondor import HTCManager, addprocs_htc
+from clustermgr.managers.htcondor import HTCManager, addprocs_htc, shared_runtime
 
 
 def test_submit_description_holds_resources_and_no_secret(tmp_path):
@@ -54,7 +54,7 @@ def htcondor():
     os.environ.update(env)
     work = Path(tempfile.mkdtemp(prefix="cm-", dir=info["HTCONDOR_SCRATCH"]))
     work.chmod(0o777)  # jobs run as htcjob and write their logs here
-    runtime = readable_runtime(work / "site")
+    runtime = shared_runtime(str(work / "site"))
     yield {"work": str(work), "user": info["HTCONDOR_JOB_USER"],
            "kw": dict(python="/usr/bin/python3", dir=str(work), env={"PYTHONPATH": runtime})}
     left = subprocess.run(["condor_q", "-allusers", "-af:j", "JobStatus"], capture_output=True,

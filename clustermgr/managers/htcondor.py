@@ -134,6 +134,37 @@ class HTCManager(BatchManager):
         return os.path.join(self.log_dir, f"worker-{getattr(handle, 'job_id', '')}.log")
 
 
+def shared_runtime(dest: str) -> str:
+    """Copy clustermgr and the modules a worker imports (cloudpickle, pyzmq, psutil) into
+    *dest*, readable by every user; returns the PYTHONPATH to give the workers.
+
+    For pools whose jobs run as another user that cannot read this environment: pass
+    ``python=`` an interpreter of the same minor version that user can run and
+    ``env={"PYTHONPATH": shared_runtime("/shared/cm")}`` to ``addprocs``.
+    """
+    import shutil
+    from pathlib import Path
+
+    import cloudpickle
+    import psutil
+    import zmq
+
+    import clustermgr
+
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    for pkg in (clustermgr, cloudpickle, psutil, zmq):
+        src = Path(pkg.__file__).parent  # type: ignore[arg-type]
+        shutil.copytree(src, root / src.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    libs = Path(zmq.__file__).parents[1] / "pyzmq.libs"  # the wheel's bundled libzmq
+    if libs.exists():
+        shutil.copytree(libs, root / libs.name, dirs_exist_ok=True)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(root)
+
+
 def _seconds(walltime: str) -> int:
     """'1:30:00' or '90:00' or '5400' -> seconds."""
     if not re.fullmatch(r"\d+(:\d+){0,2}", walltime):
