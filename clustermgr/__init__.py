@@ -31,6 +31,7 @@ from .errors import (  # noqa: E402
     RemoteError,
     TopologyError,
 )
+from .executor import ClusterExecutor, WorkerLostError  # noqa: E402
 from .pmap import pmap, preduce  # noqa: E402
 from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
 from .remote import (  # noqa: E402
@@ -45,7 +46,7 @@ from .remote import (  # noqa: E402
 )
 
 __all__ = [
-    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "Future", "LaunchError",
+    "AuthError", "CachingPool", "ClusterExecutor", "WorkerLostError", "ChannelClosedError", "ClusterError", "Future", "LaunchError",
     "ProcessExitedError", "RemoteChannel", "RemoteError", "TopologyError", "WorkerPool",
     "addprocs", "configure", "default_worker_pool", "everywhere", "fetch", "interrupt",
     "myid", "nprocs", "nworkers", "pmap", "preduce", "procs", "remote", "remote_do",

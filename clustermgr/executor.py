@@ -1,0 +1,434 @@
+"""ClusterExecutor: a ``concurrent.futures.Executor`` whose workers are cluster workers.
+
+Who calls what: user code calls ``submit``/``map``/``shutdown`` from any thread.  One
+dispatcher thread per executor owns the queue: it hands pending work to free worker slots
+(``remotecall``), turns finished calls into ``concurrent.futures.Future`` outcomes (so user
+callbacks run on it, never on the runtime's I/O thread), retires and replaces workers.
+
+Semantics are the stdlib's (the behaviour suite in ``tests/test_executor_behaviour.py``
+runs the same cases against ``ProcessPoolExecutor``), with these differences:
+
+- a worker that dies fails only the futures it held, with :class:`WorkerLostError` (a
+  ``BrokenProcessPool`` *and* a ``ProcessExitedError``); the executor replaces the worker
+  (``replace_workers=True``) and stays usable;
+- an error raised by the function re-raises as itself, with the remote traceback as
+  ``__cause__``, exactly like the stdlib; an exception class that does not exist in the
+  caller arrives as ``RemoteError``;
+- ``max_tasks_per_child`` and ``max_memory_per_child`` recycle workers, as loky does.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from concurrent.futures import Future as CFuture
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .errors import ProcessExitedError, RemoteError, RemoteTraceback
+
+log = logging.getLogger("clustermgr")
+
+#: calls in flight per worker: one running, one queued behind it so the worker never idles
+SLOTS_PER_WORKER = 2
+
+
+class WorkerLostError(BrokenProcessPool, ProcessExitedError):
+    """The worker running this task died; existing ``BrokenProcessPool`` handlers catch it."""
+
+    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "") -> None:
+        ProcessExitedError.__init__(self, worker_id, cause, log_tail)
+
+    def __str__(self) -> str:
+        return ProcessExitedError.__str__(self)
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``2_000_000``, ``"512MB"``, ``"2GiB"`` -> bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", value)
+    if not m:
+        raise ValueError(f"memory size {value!r}: write it as bytes or like '512MB', '2GiB'")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " kmgt".index(m.group(2).lower() or " "))
+
+
+class _Item:
+    __slots__ = ("future", "fn", "args", "kwargs", "running")
+
+    def __init__(self, future: CFuture, fn: Callable, args: tuple, kwargs: dict) -> None:
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+        self.running = False  # set_running_or_notify_cancel() said yes
+
+
+class ClusterExecutor(Executor):
+    """``ClusterExecutor(max_workers=None, manager=None, **addprocs_kwargs)``.
+
+    - ``max_workers``: local workers to start (default: one per usable CPU), or the ``np``
+      given to *manager* when it is a factory.
+    - ``manager``: a ``ClusterManager`` (used for the first workers), or a factory
+      ``n -> ClusterManager`` (also used for replacements).  Default: local workers.
+    - ``workers=[ids]``: run on workers already in the cluster; they are not removed at
+      shutdown, and dead ones are not replaced unless *manager* is a factory.
+    - ``replace_workers``: start a new worker when one dies or is recycled (default True).
+    - ``max_tasks_per_child``, ``max_memory_per_child`` (bytes or ``"2GB"``): recycle a
+      worker after that many tasks, or once its RSS exceeds the limit after a task.
+    - ``initializer(*initargs)`` runs on every worker the executor starts or adopts.
+    - Other keywords go to ``addprocs`` (``python``, ``env``, ``dir``, ``timeout``, ...).
+    """
+
+    def __init__(self, max_workers: int | None = None, manager: Any = None, *,
+                 workers: Iterable[int] | None = None, replace_workers: bool = True,
+                 max_tasks_per_child: int | None = None, max_memory_per_child: int | str | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+                 mp_context: Any = None, **addprocs_kwargs: Any) -> None:
+        from .cluster import addprocs
+
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if mp_context is not None:
+            log.debug("ClusterExecutor ignores mp_context: workers are cluster processes")
+        self._factory: Callable[[int], Any] | None = None
+        if callable(manager) and not hasattr(manager, "launch"):
+            self._factory = manager
+        elif manager is None and workers is None:
+            self._factory = _local_factory
+        self._addprocs_kwargs = addprocs_kwargs
+        self._replace = replace_workers
+        self._max_tasks = max_tasks_per_child
+        self._max_memory = parse_bytes(max_memory_per_child)
+        self._initializer, self._initargs = initializer, tuple(initargs)
+
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._inflight: dict[int, int] = {}       # worker -> calls in flight
+        self._tasks_done: dict[int, int] = {}     # worker -> tasks finished (recycling)
+        self._retiring: set[int] = set()
+        self._owned: set[int] = set()
+        self._starting = 0                        # replacements on their way
+        self._shutdown = False
+        self._broken: str | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding = 0                     # futures not yet finished
+
+        if workers is not None:
+            ids = list(workers)
+            if not ids:
+                raise ValueError("workers=[] gives the executor nothing to run on")
+        else:
+            n = max_workers or len(os.sched_getaffinity(0))
+            first = manager if manager is not None and self._factory is None else self._factory(n)  # type: ignore[misc]
+            ids = addprocs(first, **addprocs_kwargs)
+            self._owned.update(ids)
+        self._adopt(ids)
+        self._thread = threading.Thread(target=self._run, name="clustermgr-executor", daemon=True)
+        self._thread.start()
+
+    # --- the Executor API ----------------------------------------------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> CFuture:
+        with self._lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            fut: CFuture = CFuture()
+            self._outstanding += 1
+        fut.add_done_callback(self._one_done)
+        self._events.put(("submit", _Item(fut, fn, args, kwargs)))
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
+            progress: bool | str = False) -> Iterator:
+        """Like ``Executor.map``; ``chunksize`` sends that many items per call;
+        ``progress=True`` shows a tqdm bar on a terminal (``"always"``: anywhere)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1 and not progress:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
+        if not progress:
+            results = super().map(_run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+            return itertools.chain.from_iterable(results)
+        return self._map_with_bar(fn, list(chunks), timeout, progress)
+
+    def _map_with_bar(self, fn: Callable, chunks: list[list[tuple]], timeout: float | None,
+                      progress: bool | str) -> Iterator:
+        bar = progress_bar(sum(len(c) for c in chunks), "map", progress)
+        failed = [0]
+
+        def tick(size: int) -> Callable[[CFuture], None]:
+            def done(fut: CFuture) -> None:
+                if not fut.cancelled() and fut.exception() is not None:
+                    failed[0] += size
+                    bar.set_postfix(failed=failed[0], refresh=False)
+                bar.update(size)
+            return done
+
+        futs = []
+        for chunk in chunks:
+            fut = self.submit(_run_chunk, fn, chunk)
+            fut.add_done_callback(tick(len(chunk)))
+            futs.append(fut)
+        return _ordered(futs, timeout, bar)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._events.put(("cancel_pending", None))
+        self._events.put(("wake", None))
+        if wait:
+            with self._idle:
+                self._idle.wait_for(lambda: self._outstanding == 0)
+            self._events.put(("stop", None))
+            self._thread.join()
+        else:
+            self._events.put(("stop_when_idle", None))
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[int]:
+        """The workers this executor runs on now."""
+        with self._lock:
+            return sorted(w for w in self._inflight if w not in self._retiring)
+
+    def _one_done(self, fut: CFuture) -> None:
+        with self._idle:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    def _adopt(self, ids: list[int]) -> None:
+        if self._initializer is not None:
+            from .cluster import everywhere
+
+            try:
+                everywhere(self._initializer, *self._initargs, procs=ids)
+            except Exception as exc:
+                self._broken = f"the initializer failed on a worker: {exc!r}"
+                raise BrokenProcessPool(self._broken) from exc
+        with self._lock:
+            for wid in ids:
+                self._inflight.setdefault(wid, 0)
+                self._tasks_done.setdefault(wid, 0)
+
+    # --- the dispatcher thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        stop_when_idle = False
+        while True:
+            kind, what = self._events.get()
+            if kind == "submit":
+                self._pending.append(what)
+            elif kind == "done":
+                self._finished(*what)
+            elif kind == "adopted":
+                self._starting -= 1
+            elif kind == "cancel_pending":
+                while self._pending:
+                    self._pending.popleft().future.cancel()
+            elif kind == "stop":
+                break
+            elif kind == "stop_when_idle":
+                stop_when_idle = True
+            self._dispatch()
+            with self._lock:
+                idle = self._outstanding == 0 and not self._pending
+            if stop_when_idle and idle:
+                break
+        self._release()
+
+    def _dispatch(self) -> None:
+        from .remote import remotecall
+
+        while self._pending:
+            with self._lock:
+                free = [w for w, n in self._inflight.items() if n < SLOTS_PER_WORKER and w not in self._retiring]
+            if not free:
+                if not self._inflight and not self._starting:
+                    self._break("every worker of the executor is gone and none can replace them")
+                return
+            wid = min(free, key=self._inflight.__getitem__)
+            item = self._pending.popleft()
+            if not item.running:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # cancelled while pending
+                item.running = True
+            try:
+                if self._max_memory is None:
+                    fut = remotecall(item.fn, wid, *item.args, **item.kwargs)
+                else:
+                    fut = remotecall(_measured, wid, item.fn, item.args, item.kwargs)
+            except ProcessExitedError as exc:
+                self._pending.appendleft(item)  # it never reached a worker: send it elsewhere
+                self._worker_gone(wid, exc)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - cannot pickle: fail it in the caller
+                item.future.set_exception(exc)
+                continue
+            with self._lock:
+                self._inflight[wid] += 1
+            fut.add_done_callback(lambda f, wid=wid, item=item: self._events.put(("done", (wid, item, f))))
+
+    def _finished(self, wid: int, item: _Item, fut: Any) -> None:
+        with self._idle:
+            if wid in self._inflight:
+                self._inflight[wid] -= 1
+                self._tasks_done[wid] += 1
+            self._idle.notify_all()  # a retiring worker may now be free
+        over_memory = False
+        try:
+            value = fut.fetch()
+            if self._max_memory is not None:
+                value, rss = value
+                over_memory = rss > self._max_memory
+        except ProcessExitedError as exc:
+            item.future.set_exception(WorkerLostError(exc.worker_id, exc.cause, exc.log_tail))
+            self._worker_gone(wid, exc)
+            return
+        except RemoteError as exc:
+            item.future.set_exception(_unwrap(exc))
+        except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(value)
+        if over_memory:
+            log.info("worker %d exceeded max_memory_per_child: recycling it", wid)
+            self._recycle(wid)
+        elif self._max_tasks is not None and self._tasks_done.get(wid, 0) >= self._max_tasks:
+            self._recycle(wid)
+
+    def _recycle(self, wid: int) -> None:
+        with self._lock:
+            if wid in self._retiring:
+                return
+            self._retiring.add(wid)
+        self._replace_one()
+        threading.Thread(target=self._retire, args=(wid,), daemon=True, name="clustermgr-executor-retire").start()
+
+    def _retire(self, wid: int) -> None:
+        """Wait until *wid* has no call in flight, then remove it."""
+        from .cluster import rmprocs
+
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight.get(wid, 0) == 0 or wid not in self._inflight, timeout=600)
+            self._inflight.pop(wid, None)
+        if wid in self._owned:
+            rmprocs(wid)
+            self._owned.discard(wid)
+        self._retiring.discard(wid)
+        self._events.put(("wake", None))
+
+    def _worker_gone(self, wid: int, exc: ProcessExitedError) -> None:
+        with self._lock:
+            known = self._inflight.pop(wid, None) is not None
+            self._owned.discard(wid)
+            self._retiring.discard(wid)
+        if known:
+            log.warning("executor worker %d died (%s)", wid, exc.cause)
+            self._replace_one()
+
+    def _replace_one(self) -> None:
+        if not self._replace or self._factory is None or self._shutdown:
+            return
+        self._starting += 1
+        threading.Thread(target=self._start_replacement, daemon=True, name="clustermgr-executor-replace").start()
+
+    def _start_replacement(self) -> None:
+        from .cluster import addprocs
+
+        try:
+            ids = addprocs(self._factory(1), **self._addprocs_kwargs)  # type: ignore[misc]
+            with self._lock:
+                self._owned.update(ids)
+            self._adopt(ids)
+        except Exception as exc:  # noqa: BLE001 - the pool shrinks; logged
+            log.error("executor could not replace a worker: %s", exc)
+        self._events.put(("adopted", None))
+
+    def _break(self, why: str) -> None:
+        self._broken = why
+        while self._pending:
+            item = self._pending.popleft()
+            if item.running or item.future.set_running_or_notify_cancel():
+                item.future.set_exception(BrokenProcessPool(why))
+
+    def _release(self) -> None:
+        from .cluster import rmprocs
+
+        if self._owned:
+            rmprocs(sorted(self._owned))
+            self._owned.clear()
+
+
+# --- helpers that run on the workers ---------------------------------------------------
+
+def _run_chunk(fn: Callable, chunk: list[tuple]) -> list:
+    return [fn(*args) for args in chunk]
+
+
+def _measured(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, int]:
+    import psutil
+
+    value = fn(*args, **kwargs)
+    return value, psutil.Process().memory_info().rss
+
+
+# --- helpers on the caller's side -------------------------------------------------------
+
+def _local_factory(n: int) -> Any:
+    from .managers.local import LocalManager
+
+    return LocalManager(n)
+
+
+def _unwrap(exc: RemoteError) -> BaseException:
+    """The user's own exception (its remote traceback as ``__cause__``), as the stdlib
+    reports; the RemoteError itself when the class does not exist here."""
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, RemoteTraceback):
+        return exc
+    return cause
+
+
+def _chunks(it: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    it = iter(it)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _ordered(futs: list[CFuture], timeout: float | None, bar: Any) -> Iterator:
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for fut in futs:
+            left = None if deadline is None else deadline - time.monotonic()
+            yield from fut.result(left)
+    finally:
+        for fut in futs:
+            fut.cancel()
+        bar.close()
+
+
+def progress_bar(total: int, desc: str, progress: bool | str) -> Any:
+    """A tqdm bar: on a terminal for ``progress=True``, anywhere for ``"always"``."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc=desc, dynamic_ncols=True,
+                disable=None if progress is True else False)
