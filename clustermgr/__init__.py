@@ -9,6 +9,7 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
+from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async  # noqa: E402
 from .cluster import (  # noqa: E402
     addprocs,
     configure,
@@ -46,10 +47,13 @@ from .remote import (  # noqa: E402
 )
 
 __all__ = [
-    "AuthError", "CachingPool", "ClusterExecutor", "WorkerLostError", "ChannelClosedError", "ClusterError", "Future", "LaunchError",
-    "ProcessExitedError", "RemoteChannel", "RemoteError", "TopologyError", "WorkerPool",
-    "addprocs", "configure", "default_worker_pool", "everywhere", "fetch", "interrupt",
-    "myid", "nprocs", "nworkers", "pmap", "preduce", "procs", "remote", "remote_do",
-    "remotecall", "remotecall_fetch", "remotecall_wait", "rmprocs", "shutdown", "spawnat",
-    "workers",
+    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "Future",
+    "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "TopologyError",
+    "WorkerLostError", "WorkerPool", "addprocs", "configure", "default_worker_pool", "everywhere",
+    "fetch", "fetch_async", "interrupt", "myid", "nprocs", "nworkers", "pmap", "pmap_async",
+    "preduce", "procs", "remote", "remote_do", "remotecall", "remotecall_async", "remotecall_fetch",
+    "remotecall_wait", "rmprocs", "shutdown", "spawnat", "spawnat_async", "workers",
 ]
+
+if "joblib" in __import__("sys").modules:  # joblib in use: offer the backend at once
+    from . import joblib_backend as _joblib_backend  # noqa: F401

@@ -20,6 +20,7 @@ runs the same cases against ``ProcessPoolExecutor``), with these differences:
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -258,7 +259,8 @@ class ClusterExecutor(Executor):
 
         while self._pending:
             with self._lock:
-                free = [w for w, n in self._inflight.items() if n < SLOTS_PER_WORKER and w not in self._retiring]
+                free = [w for w, n in self._inflight.items()
+                        if n < SLOTS_PER_WORKER and w not in self._retiring]
             if not free:
                 if not self._inflight and not self._starting:
                     self._break("every worker of the executor is gone and none can replace them")
@@ -283,7 +285,11 @@ class ClusterExecutor(Executor):
                 continue
             with self._lock:
                 self._inflight[wid] += 1
-            fut.add_done_callback(lambda f, wid=wid, item=item: self._events.put(("done", (wid, item, f))))
+            fut.add_done_callback(functools.partial(self._call_done, wid, item))
+
+    def _call_done(self, wid: int, item: _Item, fut: Any) -> None:
+        """On the runtime's I/O thread: hand the finished call to the dispatcher."""
+        self._events.put(("done", (wid, item, fut)))
 
     def _finished(self, wid: int, item: _Item, fut: Any) -> None:
         with self._idle:
@@ -319,14 +325,15 @@ class ClusterExecutor(Executor):
                 return
             self._retiring.add(wid)
         self._replace_one()
-        threading.Thread(target=self._retire, args=(wid,), daemon=True, name="clustermgr-executor-retire").start()
+        threading.Thread(target=self._retire, args=(wid,), daemon=True,
+                         name="clustermgr-executor-retire").start()
 
     def _retire(self, wid: int) -> None:
         """Wait until *wid* has no call in flight, then remove it."""
         from .cluster import rmprocs
 
         with self._idle:
-            self._idle.wait_for(lambda: self._inflight.get(wid, 0) == 0 or wid not in self._inflight, timeout=600)
+            self._idle.wait_for(lambda: self._inflight.get(wid, 0) == 0, timeout=600)
             self._inflight.pop(wid, None)
         if wid in self._owned:
             rmprocs(wid)
@@ -347,7 +354,8 @@ class ClusterExecutor(Executor):
         if not self._replace or self._factory is None or self._shutdown:
             return
         self._starting += 1
-        threading.Thread(target=self._start_replacement, daemon=True, name="clustermgr-executor-replace").start()
+        threading.Thread(target=self._start_replacement, daemon=True,
+                         name="clustermgr-executor-replace").start()
 
     def _start_replacement(self) -> None:
         from .cluster import addprocs

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
+from .executor import progress_bar
 from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .remote import ErrorPayload, Future, remotecall
 
@@ -50,7 +51,7 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
          batch_size: int | str = 1, distributed: bool = True,
          on_error: Callable[[BaseException], Any] | None = None,
          retry_delays: Iterable[float] = (), retry_check: Callable[[BaseException], bool] | None = None,
-         progress: bool = False, timeout: float | None = None) -> list[Any]:
+         progress: bool | str = False, timeout: float | None = None) -> list[Any]:
     """``[f(*args) for args in zip(*iterables)]`` computed on the workers of *pool*.
 
     batch_size: items per call, or "auto" (large batches for many items).
@@ -61,6 +62,8 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
         item's place.  Without it, the first final failure is raised.
     distributed=False: run in this process (same retry and error semantics).
     timeout: seconds for the whole map (``TimeoutError``).
+    progress: True shows a tqdm bar (done, failed, retried, ETA) when stderr is a terminal;
+        "always" shows it anywhere.
     """
     items = list(zip(*iterables, strict=False))  # the shortest iterable ends the map
     delays = list(retry_delays)
@@ -112,7 +115,7 @@ class _PMap:
     """One pmap call's scheduler; runs in the calling thread."""
 
     def __init__(self, f: Callable, items: list[tuple], pool: WorkerPool, size: int,
-                 delays: list[float], check: Any, on_error: Any, progress: bool,
+                 delays: list[float], check: Any, on_error: Any, progress: bool | str,
                  timeout: float | None) -> None:
         self.f, self.items, self.pool = f, items, pool
         self.delays, self.check, self.on_error = delays, check, on_error
@@ -127,7 +130,7 @@ class _PMap:
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
         self.remaining = len(items)
         self.shipped = FunctionCache()
-        self.bar = _progress_bar(len(items)) if progress else None
+        self.bar = progress_bar(len(items), "pmap", progress) if progress else None
         self.failed = self.retried = 0
         self._seq = 0
 
@@ -227,12 +230,6 @@ class _PMap:
     def _show(self) -> None:
         if self.bar is not None and (self.failed or self.retried):
             self.bar.set_postfix(failed=self.failed, retried=self.retried, refresh=False)
-
-
-def _progress_bar(total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="task", desc="pmap", dynamic_ncols=True)
 
 
 def preduce(op: Callable[[Any, Any], Any], f: Callable[[Any], Any], iterable: Iterable,

@@ -169,6 +169,26 @@ class Future:
         """Alias of :meth:`fetch` for ``concurrent.futures`` habits."""
         return self.fetch(timeout)
 
+    def __await__(self) -> Any:
+        """``await fut`` in a coroutine: the value, without blocking the event loop."""
+        import asyncio
+
+        target = self if self.owner == self._node.myid else self._remote()
+        if not target.done():
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+
+            def settle() -> None:
+                if not ready.done():  # the awaiting task may have been cancelled
+                    ready.set_result(None)
+
+            def wake(_: Future) -> None:  # on the I/O thread
+                loop.call_soon_threadsafe(settle)
+
+            target.add_done_callback(wake)
+            yield from ready.__await__()
+        return target._outcome()
+
     def _outcome(self) -> Any:
         with self._lock:
             if self._value is _UNSET and self._exception is None:

@@ -78,9 +78,25 @@ def test_timeout(cluster):
 
 
 def test_progress_bar(cluster, capsys):
-    cm.pmap(square, range(20), progress=True)
+    cm.pmap(square, range(20), progress=True)  # stderr is not a terminal here: no bar
+    assert "pmap" not in capsys.readouterr().err
+    cm.pmap(square, range(20), progress="always")
     err = capsys.readouterr().err
     assert "pmap" in err and "20/20" in err
+
+
+def test_progress_bar_counts_failures_and_retries(cluster, capsys):
+    def flaky(x):
+        import random
+
+        if x % 5 == 0 and random.random() < 2:  # always fails
+            raise ValueError(x)
+        return x
+
+    out = cm.pmap(flaky, range(10), progress="always", retry_delays=[0.01], on_error=lambda e: None)
+    assert out.count(None) == 2
+    err = capsys.readouterr().err
+    assert "failed=2" in err and "retried=2" in err
 
 
 def test_preduce(cluster):
