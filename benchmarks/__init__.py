@@ -1,1 +1,2 @@
-"""Benchmarks: run ``python -m benchmarks.runtime`` (see README)."""
+"""Benchmarks: ``python -m benchmarks`` (side by side with the peers), ``benchmarks.schedulers``
+and ``benchmarks.backends`` (see README)."""

@@ -45,14 +45,16 @@ from .remote import (  # noqa: E402
     remotecall_wait,
     spawnat,
 )
+from .session import Session, attach_session, list_sessions, resume_session, start_session  # noqa: E402
 
 __all__ = [
     "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "Future",
-    "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "TopologyError",
-    "WorkerLostError", "WorkerPool", "addprocs", "configure", "default_worker_pool", "everywhere",
-    "fetch", "fetch_async", "interrupt", "myid", "nprocs", "nworkers", "pmap", "pmap_async",
-    "preduce", "procs", "remote", "remote_do", "remotecall", "remotecall_async", "remotecall_fetch",
-    "remotecall_wait", "rmprocs", "shutdown", "spawnat", "spawnat_async", "workers",
+    "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "Session", "TopologyError",
+    "WorkerLostError", "WorkerPool", "addprocs", "attach_session", "configure",
+    "default_worker_pool", "everywhere", "fetch", "fetch_async", "interrupt", "list_sessions",
+    "myid", "nprocs", "nworkers", "pmap", "pmap_async", "preduce", "procs", "remote", "remote_do",
+    "remotecall", "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session",
+    "rmprocs", "shutdown", "spawnat", "spawnat_async", "start_session", "workers",
 ]
 
 if "joblib" in __import__("sys").modules:  # joblib in use: offer the backend at once

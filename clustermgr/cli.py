@@ -1,7 +1,8 @@
 """The ``clustermgr`` command.
 
 ``clustermgr demo`` starts a local cluster and runs a real parallel job through ``pmap``;
-``clustermgr worker`` is ``python -m clustermgr.worker``.
+``clustermgr worker`` is ``python -m clustermgr.worker``; the session commands (ps, status,
+attach, logs, events, scale, extend, rm, run, session resume) live in ``session/cli.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"started {len(ids)} local workers {ids} in {t_start:.2f} s")
     chunks = [(lo, lo + args.chunk) for lo in range(0, args.limit, args.chunk)]
     t1 = time.perf_counter()
-    results = cm.pmap(_count_primes, chunks, progress=not args.no_progress)
+    results = cm.pmap(_count_primes, chunks, progress=False if args.no_progress else "always")
     t_map = time.perf_counter() - t1
     total = sum(r[0] for r in results)
     where = Counter((r[1], r[2], r[3]) for r in results)
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="join a master (same as python -m clustermgr.worker)",
                        add_help=False)
     w.set_defaults(func=None)
+    from .session.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -73,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:], prog="clustermgr worker")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command == "demo":
+        return args.func(args)
+    from .session.cli import dispatch
+
+    return dispatch(args)
 
 
 if __name__ == "__main__":

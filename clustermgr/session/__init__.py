@@ -1,0 +1,57 @@
+"""Sessions: detached, reattachable, durable masters (``store`` the database, ``daemon``
+the detached master, ``control`` its authenticated channel, ``client`` the user's side)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from .client import (
+    Session,
+    Status,
+    TaskFailedError,
+    TaskFailure,
+    attach_session,
+    list_sessions,
+    resume_session,
+    start_session,
+)
+from .control import SessionError
+
+#: the scheduler managers a session (or ``clustermgr run --manager``) can be given by name
+MANAGERS = {
+    "local": ("clustermgr.managers.local", "LocalManager"),
+    "slurm": ("clustermgr.managers.slurm", "SlurmManager"),
+    "pbs": ("clustermgr.managers.pbs", "PBSManager"),
+    "sge": ("clustermgr.managers.sge", "SGEManager"),
+    "qrsh": ("clustermgr.managers.sge", "QRSHManager"),
+    "htcondor": ("clustermgr.managers.htcondor", "HTCManager"),
+    "lsf": ("clustermgr.managers.lsf", "LSFManager"),
+    "drmaa": ("clustermgr.managers.drmaa", "DRMAAManager"),
+}
+
+#: ``-r`` resource names -> the batch managers' common options
+RESOURCES = {"cpu": "cores", "cores": "cores", "mem": "memory", "memory": "memory", "gpu": "gpus",
+             "gpus": "gpus", "walltime": "walltime", "time": "walltime", "queue": "queue",
+             "account": "account"}
+
+
+def managers_by_name(name: str, resources: dict[str, Any]) -> Any:
+    """A factory ``n -> manager`` for a manager name and ``-r`` resources."""
+    import importlib
+
+    if name not in MANAGERS:
+        raise ValueError(f"unknown manager {name!r}; choose one of {', '.join(MANAGERS)}")
+    unknown = set(resources) - set(RESOURCES)
+    if unknown:
+        raise ValueError(f"unknown resources {sorted(unknown)}; use {', '.join(sorted(RESOURCES))}")
+    module, cls = MANAGERS[name]
+    options = {RESOURCES[k]: (int(v) if RESOURCES[k] in ("cores", "gpus") else v)
+               for k, v in resources.items()}
+    if name == "local" and options:
+        raise ValueError("resources (-r) need a scheduler manager, not local")
+    return functools.partial(getattr(importlib.import_module(module), cls), **options)
+
+
+__all__ = ["Session", "SessionError", "Status", "TaskFailedError", "TaskFailure", "attach_session",
+           "list_sessions", "managers_by_name", "resume_session", "start_session"]

@@ -1,0 +1,420 @@
+"""The user's side of sessions: ``start_session``, ``attach_session``, ``list_sessions``
+and the ``Session`` handle.
+
+Writes (submit, scale, extend, end) go to the daemon over the authenticated control
+channel; reads (status, collect, events, logs) come straight from the session's database
+and log, which only the owner can open (mode 0700 folder, 0600 files), so they also work
+once the daemon has ended.  Closing or killing the client never affects the session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import psutil
+
+from .control import Client, SessionError, home, read_credential, wait_for, write_private
+from .store import Store
+
+
+@dataclass
+class TaskFailure:
+    """A failed task's entry in ``collect()``: the error, as text (never raised)."""
+
+    task_id: int
+    type: str
+    message: str
+    traceback: str
+
+    def __repr__(self) -> str:
+        return f"TaskFailure({self.task_id}, {self.type}: {self.message})"
+
+
+class TaskFailedError(SessionError):
+    """``Session.result`` of a task that failed; ``.failure`` holds the details."""
+
+    def __init__(self, failure: TaskFailure) -> None:
+        super().__init__(f"task {failure.task_id} failed: {failure.type}: {failure.message}\n"
+                         f"{failure.traceback}".rstrip())
+        self.failure = failure
+
+
+@dataclass
+class Status:
+    """Counts of a session's tasks; ``print(status)`` shows a readable summary."""
+
+    id: str
+    name: str
+    state: str
+    workers: int
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+
+    @property
+    def progress(self) -> float:
+        """Percentage of tasks finished (completed or failed)."""
+        return 100.0 * (self.completed + self.failed) / self.total if self.total else 100.0
+
+    def __str__(self) -> str:
+        return (f"session {self.name} ({self.id}) {self.state}, {self.workers} workers: "
+                f"{self.completed + self.failed}/{self.total} tasks done ({self.progress:.0f}%) - "
+                f"{self.pending} pending, {self.running} running, {self.completed} completed, "
+                f"{self.failed} failed")
+
+
+def _find(session: str) -> Path:
+    """The folder of a session given its id, a unique id prefix, or its name."""
+    root = home()
+    if (root / session).is_dir():
+        return root / session
+    matches = [d for d in root.iterdir()
+               if d.is_dir() and (d.name.startswith(session) or _name(d) == session)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SessionError(f"no session {session!r}; `clustermgr ps --all` lists them")
+    raise SessionError(f"{session!r} matches several sessions ({', '.join(d.name for d in matches)}); "
+                       "give more of the id")
+
+
+def _name(sdir: Path) -> str | None:
+    try:
+        return (sdir / "name").read_text().strip()
+    except OSError:
+        return None
+
+
+def daemon_alive(sdir: Path) -> bool:
+    """Is this session's daemon process running?"""
+    try:
+        pid = int(read_credential(sdir).get("pid", 0))
+    except (OSError, ValueError, SessionError):
+        return False
+    if not pid or not psutil.pid_exists(pid):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        ours = "clustermgr.session.daemon" in " ".join(proc.cmdline())
+        return proc.status() != psutil.STATUS_ZOMBIE and ours
+    except psutil.Error:
+        return False
+
+
+def _spawn_daemon(sdir: Path) -> None:
+    starter = subprocess.Popen([sys.executable, "-m", "clustermgr.session.daemon", str(sdir)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True, cwd=str(sdir))
+    starter.wait(60)  # it forks the daemon and exits at once
+
+
+def _pickle_manager(manager: Any, resources: dict[str, Any]) -> str | None:
+    from . import managers_by_name
+
+    if manager is None or manager == "local":
+        if resources:
+            raise ValueError("resources (-r cpu=..., mem=...) need a scheduler manager "
+                             "(--manager slurm|sge|...)")
+        return None
+    if isinstance(manager, str):
+        factory = managers_by_name(manager, resources)
+    elif callable(manager) and not hasattr(manager, "launch"):
+        factory = manager
+    else:
+        raise TypeError("manager: give a name ('slurm', 'sge', ...) or a factory n -> ClusterManager "
+                        "(the daemon builds its own managers, so a manager instance cannot be used)")
+    return cloudpickle.dumps(factory).hex()
+
+
+def start_session(name: str | None = None, manager: Any = None, nworkers: int = 4,
+                  release_after: float | None = 1200, session_timeout: float | None = None,
+                  absolute_timeout: float | None = None, files: Iterable[str] = (),
+                  code_files: Iterable[str] = (), env: dict[str, str] | None = None,
+                  log_dir: str | None = None, print_logs: bool = False, nowait: bool = False, *,
+                  resources: dict[str, Any] | None = None, max_attempts: int = 3,
+                  python: str | None = None, program: dict[str, Any] | None = None,
+                  timeout: float = 300.0) -> Session:
+    """Start a session daemon with *nworkers* workers; returns once they joined (at once
+    with ``nowait=True``).  See the README's "Sessions" for every option."""
+    if nworkers < 0:
+        raise ValueError("nworkers must be >= 0")
+    sid = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    sdir = home() / sid
+    sdir.mkdir(mode=0o700)
+    if log_dir:
+        os.symlink(os.path.abspath(log_dir), sdir / "logs")
+    (sdir / "name").write_text(name or sid)
+    write_private(sdir / "credential", {"secret": secrets.token_bytes(32).hex()})
+    store = Store(str(sdir / "session.db"))
+    try:
+        store.set(id=sid, name=name or sid, created=time.time(), status="starting", nworkers=nworkers,
+                  release_after=release_after, session_timeout=session_timeout,
+                  absolute_timeout=absolute_timeout, env=dict(env or {}), max_attempts=max_attempts,
+                  manager=_pickle_manager(manager, dict(resources or {})), python=python,
+                  files={os.path.basename(f): Path(f).read_bytes().hex() for f in files},
+                  code=[Path(f).read_text() for f in code_files], program=program,
+                  sys_path=[p for p in sys.path if p],  # the client's modules, importable there
+                  dir=str(sdir / "work"))
+        store.event("created", name=name or sid, workers=nworkers)
+    finally:
+        store.close()
+    (sdir / "work").mkdir(mode=0o700)
+    _spawn_daemon(sdir)
+    session = Session(sdir, print_logs=print_logs)
+    session._connect(timeout=60)
+    if not nowait and nworkers:
+        session.wait_for_workers(1 if program else nworkers, timeout=timeout)
+    return session
+
+
+def attach_session(session: str, resume: bool = False, timeout: float = 30.0) -> Session:
+    """A handle on a running session (by id, id prefix or name).  A session whose daemon
+    died is resumed with ``resume=True``; without it, the error says how."""
+    sdir = _find(session)
+    s = Session(sdir)
+    if s.state() == "ended":
+        return s  # read-only: results and logs until cleanup()
+    if not daemon_alive(sdir):
+        if not resume:
+            raise SessionError(f"session {sdir.name}'s daemon is not running (killed?); resume it with "
+                               f"`clustermgr session resume {sdir.name}` or attach_session(..., resume=True)")
+        resume_session(sdir.name, timeout=timeout)
+    s._connect(timeout=timeout)
+    return s
+
+
+def resume_session(session: str, timeout: float = 60.0) -> Session:
+    """Restart a dead session's daemon from its database: completed results stay, pending
+    and interrupted tasks run again."""
+    sdir = _find(session)
+    if daemon_alive(sdir):
+        raise SessionError(f"session {sdir.name} is running; nothing to resume")
+    s = Session(sdir)
+    if s.state() == "ended":
+        raise SessionError(f"session {sdir.name} has ended; start a new one")
+    old = read_credential(sdir)
+    write_private(sdir / "credential", {"secret": old["secret"]})  # no stale address or pid
+    _spawn_daemon(sdir)
+    s._connect(timeout=timeout)
+    return s
+
+
+def list_sessions() -> list[dict[str, Any]]:
+    """Every session of this user: id, name, created, last activity, state and counts."""
+    out = []
+    for sdir in sorted(home().iterdir()):
+        if not (sdir / "session.db").exists():
+            continue
+        try:
+            out.append(Session(sdir).summary())
+        except Exception as exc:  # noqa: BLE001 - a broken folder is listed as such
+            out.append({"id": sdir.name, "name": _name(sdir), "state": f"unreadable ({exc})"})
+    return out
+
+
+class Session:
+    """A handle on one session (see the module docstring for what goes where)."""
+
+    def __init__(self, sdir: Path, print_logs: bool = False) -> None:
+        self.dir = sdir
+        self.id = sdir.name
+        self.print_logs = print_logs
+        self._client: Client | None = None
+        self._log_pos = 0
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name} ({self.id}) {self.state()}>"
+
+    @property
+    def name(self) -> str:
+        return _name(self.dir) or self.id
+
+    def _connect(self, timeout: float) -> None:
+        cred = wait_for(lambda: self._credential_with_address(), timeout, "the session daemon to start")
+        self._client = Client(cred["address"], bytes.fromhex(cred["secret"]))
+
+    def _credential_with_address(self) -> dict | None:
+        cred = read_credential(self.dir)
+        if "address" in cred:
+            return cred
+        if self._read_store(lambda st: st.get("status")) == "ended":
+            raise SessionError(f"session {self.id} ended while starting:\n{self.logs(tail=20)}")
+        return None
+
+    def _request(self, op: str, blobs: list[bytes] = (), **args: Any) -> dict:  # type: ignore[assignment]
+        if self._client is None:
+            if self.state() == "ended":
+                raise SessionError(f"session {self.id} has ended; its results stay readable")
+            raise SessionError(f"not connected to session {self.id}: attach_session({self.id!r}) first")
+        return self._client.request(op, blobs, **args)[0]
+
+    def _read_store(self, fn: Callable[[Store], Any]) -> Any:
+        store = Store(str(self.dir / "session.db"), readonly=True)
+        try:
+            return fn(store)
+        finally:
+            store.close()
+
+    # --- state -------------------------------------------------------------------------
+
+    def state(self) -> str:
+        """"running", "ended", "starting", or "dead" (daemon gone without ending)."""
+        status = self._read_store(lambda st: st.get("status"))
+        if status in ("running", "starting") and not daemon_alive(self.dir):
+            return "dead" if status == "running" else "starting"
+        return str(status)
+
+    def summary(self) -> dict[str, Any]:
+        meta, counts = self._read_store(lambda st: (st.meta(), st.counts()))
+        return {"id": self.id, "name": meta.get("name"), "created": meta.get("created"),
+                "last_activity": meta.get("last_activity"), "state": self.state(),
+                "workers": meta.get("nworkers"), **counts}
+
+    def status(self) -> Status:
+        s = self.summary()
+        workers = s["workers"]
+        if self._client is not None and s["state"] == "running":
+            workers = len(self._request("ping")["workers"])
+        return Status(self.id, s["name"], s["state"], workers, s["total"], s["pending"], s["running"],
+                      s["completed"], s["failed"])
+
+    def wait_for_workers(self, n: int, timeout: float = 300.0) -> None:
+        wait_for(lambda: len(self._request("ping")["workers"]) >= n, timeout, f"{n} workers to join",
+                 interval=0.1)
+
+    # --- work --------------------------------------------------------------------------
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> int:
+        """Store one task (in the database before this returns); its id."""
+        return self._request("submit", [cloudpickle.dumps((fn, args, kwargs))])["ids"][0]
+
+    def map(self, fn: Callable, iterable: Iterable, chunk: int = 1000) -> list[int]:
+        """One task per item; their ids, in order."""
+        ids: list[int] = []
+        items = list(iterable)
+        for i in range(0, len(items), chunk):
+            blobs = [cloudpickle.dumps((fn, (x,), {})) for x in items[i:i + chunk]]
+            ids += self._request("submit", blobs)["ids"]
+        return ids
+
+    def collect(self, wait: bool = False, timeout: float | None = None) -> dict[int, Any]:
+        """``{task id: value}`` of the finished tasks (all of them with ``wait=True``); a
+        failed task's value is a :class:`TaskFailure`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while wait:
+            counts = self._read_store(lambda st: st.counts())
+            if counts["pending"] + counts["running"] == 0:
+                break
+            if self.state() in ("ended", "dead"):
+                raise SessionError(f"session {self.id} is {self.state()} with tasks unfinished")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{counts['pending'] + counts['running']} tasks still unfinished "
+                                   f"after {timeout} s")
+            if self.print_logs:
+                self._print_new_logs()
+            time.sleep(0.1)  # progress is in another process's database: poll it
+        return {row[0]: _entry(row) for row in self._read_store(lambda st: st.finished())}
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The value of one task (waits for it); raises TaskFailedError if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rows = self._read_store(lambda st: st.finished([task_id]))
+            if rows:
+                value = _entry(rows[0])
+                if isinstance(value, TaskFailure):
+                    raise TaskFailedError(value)
+                return value
+            if self._read_store(lambda st: st.task_state(task_id)) is None:
+                raise SessionError(f"session {self.id} has no task {task_id}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} unfinished after {timeout} s")
+            time.sleep(0.05)  # see collect()
+
+    def scale(self, n: int) -> None:
+        """Grow or shrink the worker set to *n* (running tasks of removed workers rerun)."""
+        self._request("scale", n=n)
+
+    def extend(self, seconds: float) -> None:
+        """Push session_timeout and absolute_timeout back by *seconds*."""
+        self._request("extend", seconds=seconds)
+
+    def end(self, timeout: float = 120.0) -> None:
+        """Stop the workers (cancelling scheduler jobs) and the daemon; results stay."""
+        if self.state() in ("ended",):
+            return
+        if self.state() == "dead":
+            store = Store(str(self.dir / "session.db"))
+            store.set(status="ended", ended=time.time(), end_reason="ended while its daemon was dead")
+            store.close()
+            return
+        self._request("end")
+        wait_for(lambda: not daemon_alive(self.dir), timeout, "the session daemon to stop", interval=0.1)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def cleanup(self) -> None:
+        """Remove the session's files (ends it first)."""
+        self.end()
+        shutil.rmtree(self.dir)
+
+    # --- what happened -----------------------------------------------------------------
+
+    def events(self, after: int = 0) -> list[dict[str, Any]]:
+        """Lifecycle events: created, worker started / joined / lost, task failed, scaled,
+        released, extended, ended, ..."""
+        return self._read_store(lambda st: st.events(after))
+
+    def logs(self, tail: int = 50, follow: bool = False) -> Any:
+        """The last *tail* lines of the session's log (daemon and worker output) as text;
+        with ``follow=True`` an iterator that keeps yielding new lines until it ends."""
+        path = self.dir / "daemon.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        lines = text.splitlines()[-tail:] if tail else []
+        if not follow:
+            return "\n".join(lines)
+        return self._follow(lines)
+
+    def _follow(self, first: list[str]) -> Iterator[str]:
+        yield from first
+        path = self.dir / "daemon.log"
+        pos = path.stat().st_size if path.exists() else 0
+        while True:
+            if path.exists() and path.stat().st_size > pos:
+                with open(path, errors="replace") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+                    pos = fh.tell()
+                yield from chunk.splitlines()
+            elif self.state() != "running":
+                return
+            else:
+                time.sleep(0.2)  # a growing file: nothing to wait on portably
+
+    def _print_new_logs(self) -> None:
+        path = self.dir / "daemon.log"
+        if path.exists():
+            with open(path, errors="replace") as fh:
+                fh.seek(self._log_pos)
+                sys.stdout.write(fh.read())
+                self._log_pos = fh.tell()
+
+
+def _entry(row: tuple) -> Any:
+    task, state, result, kind, message, tb = row
+    if state == "completed":
+        return cloudpickle.loads(result)
+    return TaskFailure(task, kind or "?", message or "", tb or "")

@@ -1,0 +1,407 @@
+"""The session daemon: a detached clustermgr master that owns a session's workers.
+
+Started by ``start_session`` / ``clustermgr session resume`` as
+``python -m clustermgr.session.daemon SESSION_DIR`` (it forks once more and leaves its
+parent, so no client process is its parent).  It reads the secret from the session's
+0600 credential file, binds its control socket, then loops on one thread: answer
+clients, hand pending tasks to idle workers (``Store.claim``), store results, grow,
+shrink and release workers, enforce the timeouts.  Workers start and stop on helper
+threads, whose outcome comes back to the loop through a queue.  Everything it knows is in
+the database, so a killed daemon resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import queue
+import runpy
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .control import Server, read_credential, write_private
+from .store import Store
+
+log = logging.getLogger("clustermgr")
+
+#: a session worker whose daemon vanished exits after this many silent seconds
+WORKER_GRACE = 15.0
+
+
+def run_payload(payload: bytes) -> tuple:
+    """On a worker: run one task; ``("ok", pickled value)`` or the error's text.  The
+    daemon stores either without unpickling anything."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+        return ("ok", cloudpickle.dumps(fn(*args, **kwargs)))
+    except BaseException as exc:  # noqa: BLE001 - every error is the task's outcome
+        return ("err", f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+                str(exc), "".join(traceback.format_exception(exc)))
+
+
+def setup_worker(files: dict[str, bytes], code: list[str]) -> None:
+    """On a worker at start: write *files* into its working folder, run *code* in __main__."""
+    import __main__
+
+    for name, data in files.items():
+        Path(name).write_bytes(data)
+    for source in code:
+        exec(compile(source, "<session code_file>", "exec"), __main__.__dict__)  # noqa: S102
+
+
+class Daemon:
+    def __init__(self, sdir: Path) -> None:
+        self.sdir = sdir
+        self.store = Store(str(sdir / "session.db"))
+        cred = read_credential(sdir)
+        self.secret = bytes.fromhex(cred["secret"])
+        self.meta = self.store.meta()
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # from helper threads and callbacks
+        self.workers: set[int] = set()    # joined and set up
+        self.busy: dict[int, int] = {}    # worker -> task
+        self.removing: set[int] = set()
+        self.starting = 0
+        self.target = int(self.meta.get("nworkers", 1))
+        self.released = False
+        self.ending = False
+        self.last_activity = time.time()
+        self.program: threading.Thread | None = None
+
+    # --- life --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        import clustermgr as cm
+
+        cm.configure(output=self._worker_output, master_grace=WORKER_GRACE)
+        sys.path[:0] = [p for p in self.store.get("sys_path") or [] if p not in sys.path]
+        self.server = Server(self.secret)
+        cred = read_credential(self.sdir)
+        write_private(self.sdir / "credential", {**cred, "address": f"tcp://127.0.0.1:{self.server.port}",
+                                                 "pid": os.getpid()})
+        interrupted = self.store.requeue_interrupted()
+        resumed = self.store.get("status") not in (None, "starting")
+        self.store.set(status="running", pid=os.getpid(), last_activity=time.time())
+        self.store.event("resumed" if resumed else "started", pid=os.getpid(), requeued=interrupted)
+        log.info("session daemon %d up on port %d (requeued %d interrupted tasks)",
+                 os.getpid(), self.server.port, interrupted)
+        self._grow(self.target)
+        try:
+            while not (self.ending and not self.starting):
+                if self.server.poll(0.05):
+                    for _ in range(64):
+                        self.server.handle_one(self._request)
+                        if not self.server.poll(0):
+                            break
+                self._drain_events()
+                self._dispatch()
+                self._check_deadlines()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        import clustermgr as cm
+
+        with contextlib.suppress(Exception):
+            cm.shutdown()
+        self.store.requeue_interrupted()  # unfinished tasks stay pending, for a resume
+        if self.store.get("status") != "ended":
+            self.store.set(status="ended", ended=time.time())
+        self.store.event("ended", reason=self.store.get("end_reason", "ended"))
+        self.server.close()
+        self.store.close()
+        log.info("session daemon %d ended", os.getpid())
+
+    # --- clients -----------------------------------------------------------------------
+
+    def _request(self, msg: dict, blobs: list) -> tuple[dict, list]:
+        op = msg.get("op")
+        self.last_activity = time.time()
+        self.store.set(last_activity=self.last_activity)
+        if op == "ping":
+            return {"pid": os.getpid(), "workers": sorted(self.workers)}, []
+        if op == "submit":
+            ids = self.store.add_tasks(bytes(b) for b in blobs)
+            if self.released and not self.workers and not self.starting:
+                self.released = False
+                self.store.event("scaled", workers=self.target, why="new work after release")
+                self._grow(self.target)
+            return {"ids": ids}, []
+        if op == "scale":
+            return self._scale(int(msg["n"])), []
+        if op == "extend":
+            extended = float(self.store.get("extended", 0.0)) + float(msg["seconds"])
+            self.store.set(extended=extended)
+            self.store.event("extended", seconds=float(msg["seconds"]), total=extended)
+            return {"extended": extended}, []
+        if op == "end":
+            self._end("ended by the user")
+            return {}, []
+        raise ValueError(f"unknown request {op!r}")
+
+    # --- workers -----------------------------------------------------------------------
+
+    def _factory(self) -> Any:
+        blob = self.store.get("manager")
+        if blob is None:
+            from ..managers.local import LocalManager
+
+            return LocalManager
+        return cloudpickle.loads(bytes.fromhex(blob))
+
+    def _grow(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.starting += n
+        self.store.event("worker started", count=n)
+        threading.Thread(target=self._start_workers, args=(n,), daemon=True, name="session-grow").start()
+
+    def _start_workers(self, n: int) -> None:
+        import clustermgr as cm
+
+        try:
+            kw: dict[str, Any] = {"env": self.store.get("env") or {}, "min_workers": 1}
+            if self.store.get("dir"):
+                kw["dir"] = self.store.get("dir")
+            if self.store.get("python"):
+                kw["python"] = self.store.get("python")
+            try:
+                ids = cm.addprocs(self._factory()(n), **kw)
+            except cm.LaunchError as exc:
+                ids = exc.joined
+                self.events.put(("launch_error", str(exc)))
+            files = {name: bytes.fromhex(data) for name, data in (self.store.get("files") or {}).items()}
+            code = self.store.get("code") or []
+            ready = []
+            for wid in ids:
+                try:
+                    cm.remotecall_fetch(setup_worker, wid, files, code)
+                    ready.append(wid)
+                except Exception as exc:  # noqa: BLE001 - that worker is unusable
+                    self.events.put(("launch_error", f"worker {wid} setup failed: {exc}"))
+                    cm.rmprocs(wid)
+            self.events.put(("joined", (n, ready)))
+        except Exception as exc:  # noqa: BLE001 - reported in the events
+            self.events.put(("launch_error", f"{type(exc).__name__}: {exc}"))
+            self.events.put(("joined", (n, [])))
+
+    def _scale(self, n: int) -> dict:
+        if n < 0:
+            raise ValueError("scale needs a number of workers >= 0")
+        now = len(self.workers) + self.starting - len(self.removing)
+        self.target = n
+        self.store.set(nworkers=n)
+        self.store.event("scaled", workers=n, was=now)
+        if n > now:
+            self._grow(n - now)
+        elif n < now:
+            idle = sorted(self.workers - set(self.busy) - self.removing)
+            busy = sorted(set(self.busy) - self.removing)
+            self._remove((idle + busy)[: now - n])
+        return {"workers": n}
+
+    def _remove(self, ids: list[int]) -> None:
+        import clustermgr as cm
+
+        if not ids:
+            return
+        self.removing.update(ids)
+        self.workers.difference_update(ids)
+        def shrink() -> None:
+            cm.rmprocs(ids)
+            self.events.put(("removed", ids))
+
+        threading.Thread(target=shrink, daemon=True, name="session-shrink").start()
+
+    def _worker_output(self, wid: int, line: str, stream: str) -> None:
+        log.info("worker %d: %s", wid, line)
+
+    # --- tasks -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        from ..remote import remotecall
+
+        for wid in sorted(self.workers - set(self.busy) - self.removing):
+            claimed = self.store.claim(wid)
+            if claimed is None:
+                return
+            task, payload = claimed
+            self.busy[wid] = task
+            try:
+                fut = remotecall(run_payload, wid, payload)
+            except Exception as exc:  # noqa: BLE001 - the worker is gone: its task goes back
+                self._task_done(wid, task, None, exc)
+                continue
+            fut.add_done_callback(functools.partial(self._call_done, wid, task))
+
+    def _call_done(self, wid: int, task: int, fut: Any) -> None:
+        """On the runtime's I/O thread: hand the finished task to the loop."""
+        self.events.put(("done", (wid, task, fut)))
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                kind, what = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "done":
+                wid, task, fut = what
+                try:
+                    self._task_done(wid, task, fut.fetch(), None)
+                except Exception as exc:  # noqa: BLE001
+                    self._task_done(wid, task, None, exc)
+            elif kind == "joined":
+                n, ready = what
+                self.starting -= n
+                if self.ending:
+                    self._remove(ready)
+                    continue
+                self.workers.update(ready)
+                for wid in ready:
+                    self.store.event("worker joined", worker=wid)
+            elif kind == "removed":
+                self.removing.difference_update(what)
+            elif kind == "launch_error":
+                self.store.event("launch error", error=what)
+                log.error("session: %s", what)
+            elif kind == "program":
+                status, code = what
+                self.store.set(program_status=status, program_exit=code)
+                self.store.event(f"program {status}", exit_code=code)
+            elif kind == "end":
+                self._end(what)
+
+    def _task_done(self, wid: int, task: int, outcome: tuple | None, exc: BaseException | None) -> None:
+        from ..errors import ProcessExitedError
+
+        self.busy.pop(wid, None)
+        self.last_activity = time.time()
+        if outcome is not None and outcome[0] == "ok":
+            self.store.complete(task, wid, outcome[1])
+        elif outcome is not None:
+            _, kind, message, tb = outcome
+            self.store.fail(task, wid, kind, message, tb)
+            self.store.event("task failed", task=task, worker=wid, error=f"{kind}: {message}")
+        elif isinstance(exc, ProcessExitedError):
+            removed = wid in self.removing
+            if not removed:
+                self.workers.discard(wid)
+                self.store.event("worker lost", worker=wid, cause=exc.cause)
+                if not self.ending and not self.released:
+                    self._grow(1)  # keep the worker count
+            limit = int(self.store.get("max_attempts", 3))
+            if removed or self.store.attempts(task) < limit:
+                self.store.release(task, wid, count_attempt=not removed)
+            else:
+                self.store.fail(task, wid, "ProcessExitedError", str(exc), "")
+                self.store.event("task failed", task=task, worker=wid,
+                                 error=f"gave up after {limit} attempts")
+        else:
+            self.store.fail(task, wid, type(exc).__name__, str(exc), "")
+
+    # --- time --------------------------------------------------------------------------
+
+    def _check_deadlines(self) -> None:
+        now = time.time()
+        meta = self.store.meta()
+        extended = float(meta.get("extended", 0.0))
+        idle_limit, absolute = meta.get("session_timeout"), meta.get("absolute_timeout")
+        if absolute is not None and now > meta["created"] + float(absolute) + extended:
+            self._end(f"absolute_timeout ({absolute} s) reached")
+        elif idle_limit is not None and now > self.last_activity + float(idle_limit) + extended \
+                and not self.busy:
+            self._end(f"session_timeout ({idle_limit} s without activity) reached")
+        release = meta.get("release_after")
+        counts_pending = self.busy or self.store.has_pending()
+        if release is not None and self.workers and not counts_pending and not self.released \
+                and now > self.last_activity + float(release):
+            self.released = True
+            self.store.event("released", workers=len(self.workers), after=float(release))
+            self._remove(sorted(self.workers))
+
+    def _end(self, reason: str) -> None:
+        if self.ending:
+            return
+        self.ending = True
+        self.store.set(end_reason=reason)
+        log.info("session ending: %s", reason)
+
+
+# --- the program of `clustermgr run` ----------------------------------------------------
+
+def run_program(sdir: Path, program: dict[str, Any]) -> int:
+    """Run `clustermgr run`'s code, script or command in this process (the session's
+    master: ``cm.workers()`` are the session's workers), its output to ``program.log``;
+    its exit status."""
+    code = 0
+    with open(sdir / "program.log", "a", buffering=1) as out, \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            if program["kind"] == "code":
+                exec(compile(program["code"], "<clustermgr run -c>", "exec"), {"__name__": "__main__"})  # noqa: S102
+            elif program["kind"] == "script":
+                sys.argv = [program["script"], *program.get("args", [])]
+                runpy.run_path(program["script"], run_name="__main__")
+            else:
+                code = subprocess.call(program["command"], shell=True, cwd=str(sdir / "work"),  # noqa: S602
+                                       stdout=out, stderr=subprocess.STDOUT)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the program's error goes to its log
+            traceback.print_exc()
+            code = 1
+    return code
+
+
+def main() -> None:
+    sdir = Path(sys.argv[1])
+    if os.fork() > 0:  # leave the starter: no client process is this daemon's parent
+        os._exit(0)
+    log_path = sdir / "daemon.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    daemon = Daemon(sdir)
+    program = daemon.store.get("program")
+    if program and daemon.store.get("program_status") is None:
+        threading.Thread(target=_program_thread, args=(daemon, program), daemon=True,
+                         name="session-program").start()
+    daemon.run()
+
+
+def _program_thread(daemon: Daemon, program: dict[str, Any]) -> None:
+    """Wait for a first worker (or give up after max_wait), run the program, record it."""
+    deadline = time.time() + float(program.get("max_wait") or 1e9)
+    while not daemon.workers and time.time() < deadline and not daemon.ending:
+        time.sleep(0.1)  # the loop thread fills daemon.workers; nothing to wait on here
+    if not daemon.workers:
+        daemon.events.put(("launch_error", f"no worker running after max_wait={program.get('max_wait')} s"))
+        daemon.events.put(("program", ("timeout", 5)))
+        daemon.events.put(("end", "no worker in time (--max-wait)"))
+        return
+    log.info("running the program: %s", shlex.join(program.get("argv", [])))
+    daemon.events.put(("program", ("running", None)))
+    code = run_program(daemon.sdir, program)
+    log.info("the program exited with status %s", code)
+    daemon.events.put(("program", ("exited", code)))
+    if program.get("rm"):
+        daemon.events.put(("end", "the program ended (--rm)"))
+
+
+if __name__ == "__main__":
+    main()
