@@ -9,20 +9,8 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async  # noqa: E402
-from .cluster import (  # noqa: E402
-    addprocs,
-    configure,
-    everywhere,
-    interrupt,
-    myid,
-    nprocs,
-    nworkers,
-    procs,
-    rmprocs,
-    shutdown,
-    workers,
-)
+from typing import TYPE_CHECKING
+
 from .errors import (  # noqa: E402
     AuthError,
     ChannelClosedError,
@@ -32,8 +20,8 @@ from .errors import (  # noqa: E402
     RemoteError,
     TopologyError,
 )
-from .executor import ClusterExecutor, WorkerLostError  # noqa: E402
-from .pmap import pmap, preduce  # noqa: E402
+
+# (the function remote() is bound here, after importing the submodule of the same name)
 from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
 from .remote import (  # noqa: E402
     Future,
@@ -45,7 +33,25 @@ from .remote import (  # noqa: E402
     remotecall_wait,
     spawnat,
 )
-from .session import Session, attach_session, list_sessions, resume_session, start_session  # noqa: E402
+
+if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
+    from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async
+    from .cluster import (
+        addprocs,
+        configure,
+        everywhere,
+        interrupt,
+        myid,
+        nprocs,
+        nworkers,
+        procs,
+        rmprocs,
+        shutdown,
+        workers,
+    )
+    from .executor import ClusterExecutor, WorkerLostError
+    from .pmap import pmap, preduce
+    from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
     "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "Future",
@@ -56,6 +62,33 @@ __all__ = [
     "remotecall", "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session",
     "rmprocs", "shutdown", "spawnat", "spawnat_async", "start_session", "workers",
 ]
+
+#: names imported on first use, so that a worker (which imports this package but needs
+#: neither the master nor the managers) starts fast
+_LAZY = {
+    **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "myid", "nprocs", "nworkers",
+                     "procs", "rmprocs", "shutdown", "workers"], "cluster"),
+    **dict.fromkeys(["pmap", "preduce"], "pmap"),
+    **dict.fromkeys(["ClusterExecutor", "WorkerLostError"], "executor"),
+    **dict.fromkeys(["fetch_async", "pmap_async", "remotecall_async", "spawnat_async"], "aio"),
+    **dict.fromkeys(["Session", "attach_session", "list_sessions", "resume_session", "start_session"],
+                    "session"),
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clustermgr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 if "joblib" in __import__("sys").modules:  # joblib in use: offer the backend at once
     from . import joblib_backend as _joblib_backend  # noqa: F401

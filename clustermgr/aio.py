@@ -7,7 +7,6 @@ the spelled-out forms.  The event loop is woken from the runtime's I/O thread wi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,6 +27,8 @@ async def fetch_async(x: Any) -> Any:
     """The value of a Future (awaited); any other value as is (as ``fetch``)."""
     if isinstance(x, Future):
         return await x
+    import asyncio
+
     from .remote import fetch
 
     return await asyncio.to_thread(fetch, x)  # a RemoteChannel: its own blocking protocol
@@ -35,6 +36,8 @@ async def fetch_async(x: Any) -> Any:
 
 async def pmap_async(f: Callable, *iterables: Iterable, **kwargs: Any) -> list[Any]:
     """``pmap`` in a thread of the loop's default executor: awaitable, loop stays free."""
+    import asyncio
+
     from .pmap import pmap
 
     return await asyncio.to_thread(pmap, f, *iterables, **kwargs)

@@ -67,6 +67,7 @@ class MasterNode(Node):
     """Process 1.  Created by ``cluster.node()`` on first use."""
 
     def __init__(self, settings: Settings) -> None:
+        self._members_dirty = False
         super().__init__(P.MASTER_ID)
         self.settings = settings
         self.secret = P.cookie_bytes(settings.cookie) if settings.cookie else P.new_secret()
@@ -428,6 +429,16 @@ class MasterNode(Node):
         log.info("worker %d is gone: %s", wid, cause)
 
     def _broadcast_members(self) -> None:
+        """Membership changed: tell every worker once the ready messages are handled (200
+        workers joining at once cost one broadcast per batch, not one per join)."""
+        self._members_dirty = True
+
+    def _after_drain(self) -> None:
+        if self._members_dirty:
+            self._members_dirty = False
+            self._send_members()
+
+    def _send_members(self) -> None:
         body = P.dump_json({"workers": self.live_ids(), "topology": self.topology})
         for w in self.workers.values():
             if w.state != "dead":

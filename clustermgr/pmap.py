@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
-from .executor import progress_bar
 from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .remote import ErrorPayload, Future, remotecall
 
@@ -130,7 +129,11 @@ class _PMap:
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
         self.remaining = len(items)
         self.shipped = FunctionCache()
-        self.bar = progress_bar(len(items), "pmap", progress) if progress else None
+        self.bar = None
+        if progress:
+            from .executor import progress_bar
+
+            self.bar = progress_bar(len(items), "pmap", progress)
         self.failed = self.retried = 0
         self._seq = 0
 
@@ -155,11 +158,12 @@ class _PMap:
         for wid in list(self.inflight):
             if wid not in ids:
                 del self.inflight[wid]
-        while self.todo:
-            wid = min(ids, key=lambda w: self.inflight.get(w, 0))
-            if self.inflight.get(wid, 0) >= PREFETCH:
-                return
-            self._send(self.todo.pop(), wid)
+        for level in range(PREFETCH):  # least busy first: every worker gets one, then a second
+            for wid in ids:
+                if not self.todo:
+                    return
+                if self.inflight.get(wid, 0) == level:
+                    self._send(self.todo.pop(), wid)
 
     def _send(self, batch: list[int], wid: int) -> None:
         fn = self.shipped.ref(self.f, wid)

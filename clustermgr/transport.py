@@ -171,6 +171,7 @@ class Node(abc.ABC):
                 ready = dict(poller.poll(int(self.tick_interval * 1000)))
                 for sock in ready:
                     self._drain(sock)
+                self._after_drain()
                 now = time.monotonic()
                 if now - self._last_tick >= self.tick_interval:
                     self._last_tick = now
@@ -209,6 +210,9 @@ class Node(abc.ABC):
 
     def _tick(self, now: float) -> None:
         """Periodic work on the I/O thread: heartbeats, deadlines (subclasses)."""
+
+    def _after_drain(self) -> None:
+        """Work once the messages that were ready are handled (subclasses coalesce here)."""
 
     def _on_io_crash(self) -> None:
         err = ClusterError("the clustermgr I/O thread crashed; see the log")

@@ -24,6 +24,7 @@ def live_worker_pids() -> set[int]:
         proc = getattr(handle, "proc", None)
         if w.state != "dead":
             pids.add(proc.pid if proc is not None else w.pid)  # w.pid: hand-started workers
+            pids.add(getattr(handle, "helper_pid", 0))  # a fork server lives while its workers do
     return pids
 
 

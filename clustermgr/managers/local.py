@@ -27,9 +27,10 @@ from .base import ClusterManager, LaunchSpec, WorkerHandle
 
 @dataclass
 class LocalHandle(WorkerHandle):
-    proc: subprocess.Popen | None = field(default=None, repr=False)
+    proc: Any = field(default=None, repr=False)  # a Popen, or a ForkedProcess
     log_path: str = ""
     index: int = 0
+    helper_pid: int = 0  # the fork server that forked it (lives while its workers do)
 
 
 def describe_exit(code: int | None) -> str:
@@ -89,13 +90,16 @@ class LocalManager(ClusterManager):
     0..np-1, the workers that worker *i* may call.
     """
 
-    def __init__(self, np: int | None = None, *, peers: dict[int, set[int]] | None = None) -> None:
+    def __init__(self, np: int | None = None, *, peers: dict[int, set[int]] | None = None,
+                 fork_server: bool = True) -> None:
         if np is None:
             np = len(os.sched_getaffinity(0))
         if isinstance(np, bool) or not isinstance(np, int) or np < 0:
             raise ValueError(f"LocalManager needs a number of workers >= 0, not {np!r}")
         self.np = np
         self.peers = peers
+        self.fork_server = fork_server
+        self._servers: list[Any] = []
         self.log_dir = ""
         self._watcher: _ExitWatcher | None = None
         self._handles: list[LocalHandle] = []
@@ -117,19 +121,44 @@ class LocalManager(ClusterManager):
             self.log_dir = tempfile.mkdtemp(prefix="clustermgr-logs-")
             self._watcher = _ExitWatcher(spec, self)
         base_env = {**os.environ}
-        for index in range(self.np):
-            launch_id = secrets.token_hex(8)
-            log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
-            env = {**base_env, **spec.environment(launch_id), **self.worker_env(index)}
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    self.worker_command(spec, index), env=env, cwd=spec.dir,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True)
-            handle = LocalHandle(launch_id, "localhost", proc, log_path, index)
-            self._handles.append(handle)
-            self._watcher.watch(handle)  # type: ignore[union-attr]
-            yield handle
+        server = self._fork_server(spec)
+        try:
+            for index in range(self.np):
+                launch_id = secrets.token_hex(8)
+                log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
+                env = {**base_env, **spec.environment(launch_id), **self.worker_env(index)}
+                if server is not None:
+                    proc: Any = server.spawn(env, spec.dir, log_path)
+                else:
+                    with open(log_path, "wb") as log:
+                        proc = subprocess.Popen(
+                            self.worker_command(spec, index), env=env, cwd=spec.dir,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, close_fds=True)
+                handle = LocalHandle(launch_id, "localhost", proc, log_path, index,
+                                     helper_pid=server.pid if server else 0)
+                self._handles.append(handle)
+                self._watcher.watch(handle)  # type: ignore[union-attr]
+                yield handle
+        finally:
+            if server is not None:
+                server.done()
+
+    def _fork_server(self, spec: LaunchSpec) -> Any:
+        """A fork server when the workers would run this very interpreter, unchanged:
+        same executable, no interpreter flags or PYTHON* variables, the plain command."""
+        import sys
+
+        plain = (self.fork_server and self.np >= 2 and spec.python == sys.executable
+                 and not spec.exeflags and not any(k.startswith("PYTHON") for k in spec.env)
+                 and type(self).worker_command is LocalManager.worker_command)
+        if not plain:
+            return None
+        from .forkserver import ForkServer
+
+        server = ForkServer(spec.python)
+        self._servers.append(server)
+        return server
 
     def worker_command(self, spec: LaunchSpec, index: int) -> list[str]:
         """argv of worker *index* (subclasses wrap it, e.g. in ``taskset``)."""
@@ -175,6 +204,8 @@ class LocalManager(ClusterManager):
     def close(self) -> None:
         for handle in self._handles:
             self.kill(handle, grace=0.5)
+        for server in self._servers:
+            server.close()
         if self._watcher is not None:
             self._watcher.stop()
         if self.log_dir:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from .client import Session, attach_session, daemon_alive, list_sessions, resume_session, start_session
-from .control import SessionError
+from .control import SessionError, wait_for
 
 EXIT_FAILED, EXIT_NO_SESSION, EXIT_NOT_RUNNING, EXIT_TIMEOUT = 1, 3, 4, 5
 
@@ -184,6 +184,8 @@ def _follow_program(s: Session, args: argparse.Namespace) -> int:
         status = meta.get("program_status")
         if status in ("exited", "timeout") or s.state() in ("ended", "dead"):
             bar.close()
+            if args.rm:  # --rm: return once the session has ended (its workers are gone)
+                wait_for(lambda: s.state() in ("ended", "dead"), 120, "the session to end", interval=0.1)
             code = meta.get("program_exit")
             if status == "timeout":
                 print(f"clustermgr run: no worker was running within --max-wait={args.max_wait} s",
