@@ -21,8 +21,8 @@ from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .remote import ErrorPayload, Future, remotecall
 
 PREFETCH = 2
-AUTO_BATCHES_PER_WORKER = 8
-AUTO_MAX_BATCH = 1024
+AUTO_BATCHES_PER_WORKER = 4
+AUTO_MAX_BATCH = 8192
 
 
 class _Failed:
@@ -122,7 +122,8 @@ class _PMap:
         self.timeout = timeout
         self.results: list[Any] = [None] * len(items)
         self.attempts = [1] * len(items)
-        self.todo = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        self.todo: list[Sequence[int]] = [range(i, min(i + size, len(items)))
+                                          for i in range(0, len(items), size)]
         self.todo.reverse()  # pop() from the end keeps input order
         self.retries: list[tuple[float, int, list[int]]] = []  # heap of (due, seq, batch)
         self.inflight: dict[int, int] = {}
@@ -165,10 +166,12 @@ class _PMap:
                 if self.inflight.get(wid, 0) == level:
                     self._send(self.todo.pop(), wid)
 
-    def _send(self, batch: list[int], wid: int) -> None:
+    def _send(self, batch: Sequence[int], wid: int) -> None:
         fn = self.shipped.ref(self.f, wid)
         try:
-            fut = remotecall(_run_batch, wid, fn, [self.items[i] for i in batch])
+            args = self.items[batch.start:batch.stop] if isinstance(batch, range) \
+                else [self.items[i] for i in batch]
+            fut = remotecall(_run_batch, wid, fn, args)
         except ProcessExitedError as exc:
             self._failed_batch(batch, exc)
             return
@@ -189,7 +192,7 @@ class _PMap:
         except queue.Empty:
             return None
 
-    def _handle(self, done: tuple[list[int], int, Future] | None) -> None:
+    def _handle(self, done: tuple[Sequence[int], int, Future] | None) -> None:
         if done is None:
             return
         batch, wid, fut = done
@@ -199,13 +202,17 @@ class _PMap:
         except (RemoteError, ProcessExitedError) as exc:
             self._failed_batch(batch, exc)
             return
+        if isinstance(batch, range) and self.bar is None and not any(type(v) is _Failed for v in values):
+            self.results[batch.start:batch.stop] = values  # the common case, without a loop
+            self.remaining -= len(values)
+            return
         for i, value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
                 self._failed_item(i, value.payload.to_exception())
             else:
                 self._store(i, value)
 
-    def _failed_batch(self, batch: list[int], exc: BaseException) -> None:
+    def _failed_batch(self, batch: Sequence[int], exc: BaseException) -> None:
         for i in batch:
             self._failed_item(i, exc)
 

@@ -260,3 +260,23 @@ def test_cli_resume_and_dead_listing(home):
     assert json.loads(done.stdout)["seconds"] < 30
     assert daemon_alive(s.dir)
     attach_session("tokill").end()
+
+
+def test_cli_exec_max_wait_and_following(home):
+    done = cli(home, "run", "--rm", "-n", "1", "--exec", "echo from-a-shell; exit 3")
+    assert done.returncode == 3 and "from-a-shell" in done.stdout
+    env_no_scheduler = "PATH=/usr/bin:/bin"  # no qsub here: the workers cannot start
+    done = subprocess.run(["env", env_no_scheduler, f"CLUSTERMGR_HOME={home}", CLI, "run", "--rm",
+                           "--manager", "sge", "-n", "1", "--max-wait", "2", "-c", "print('never')"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 5 and "--max-wait=2.0" in done.stderr and "never" not in done.stdout
+
+    s = start_session(name="follow", nworkers=1)
+    env = {**os.environ, "CLUSTERMGR_HOME": str(home)}
+    logs = subprocess.Popen([CLI, "logs", s.id, "-f", "-n", "5"], stdout=subprocess.PIPE, text=True, env=env)
+    events = subprocess.Popen([CLI, "events", s.id, "-f"], stdout=subprocess.PIPE, text=True, env=env)
+    assert "session daemon" in logs.stdout.readline()
+    assert "created" in events.stdout.readline()
+    s.end()  # both follow until the session ends, then exit 0
+    assert logs.wait(30) == 0 and events.wait(30) == 0
+    assert "ended" in events.stdout.read()
