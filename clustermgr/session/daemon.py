@@ -67,6 +67,9 @@ class Daemon:
         self.secret = bytes.fromhex(cred["secret"])
         self.meta = self.store.meta()
         self.events: queue.SimpleQueue = queue.SimpleQueue()  # from helper threads and callbacks
+        self.wake_r, self.wake_w = os.pipe()  # a byte per event wakes the loop at once
+        os.set_blocking(self.wake_w, False)
+        self.next_deadline_check = 0.0
         self.workers: set[int] = set()    # joined and set up
         self.busy: dict[int, int] = {}    # worker -> task
         self.removing: set[int] = set()
@@ -95,16 +98,26 @@ class Daemon:
         log.info("session daemon %d up on port %d (requeued %d interrupted tasks)",
                  os.getpid(), self.server.port, interrupted)
         self._grow(self.target)
+        import zmq
+
+        poller = zmq.Poller()
+        poller.register(self.server.sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
         try:
             while not (self.ending and not self.starting):
-                if self.server.poll(0.05):
+                ready = dict(poller.poll(250))
+                if self.wake_r in ready:
+                    os.read(self.wake_r, 65536)
+                if self.server.sock in ready:
                     for _ in range(64):
                         self.server.handle_one(self._request)
                         if not self.server.poll(0):
                             break
                 self._drain_events()
                 self._dispatch()
-                self._check_deadlines()
+                if time.monotonic() >= self.next_deadline_check:
+                    self.next_deadline_check = time.monotonic() + 0.25
+                    self._check_deadlines()
         finally:
             self._shutdown()
 
@@ -178,7 +191,7 @@ class Daemon:
                 ids = cm.addprocs(self._factory()(n), **kw)
             except cm.LaunchError as exc:
                 ids = exc.joined
-                self.events.put(("launch_error", str(exc)))
+                self.post("launch_error", str(exc))
             files = {name: bytes.fromhex(data) for name, data in (self.store.get("files") or {}).items()}
             code = self.store.get("code") or []
             ready = []
@@ -187,12 +200,12 @@ class Daemon:
                     cm.remotecall_fetch(setup_worker, wid, files, code)
                     ready.append(wid)
                 except Exception as exc:  # noqa: BLE001 - that worker is unusable
-                    self.events.put(("launch_error", f"worker {wid} setup failed: {exc}"))
+                    self.post("launch_error", f"worker {wid} setup failed: {exc}")
                     cm.rmprocs(wid)
-            self.events.put(("joined", (n, ready)))
+            self.post("joined", (n, ready))
         except Exception as exc:  # noqa: BLE001 - reported in the events
-            self.events.put(("launch_error", f"{type(exc).__name__}: {exc}"))
-            self.events.put(("joined", (n, [])))
+            self.post("launch_error", f"{type(exc).__name__}: {exc}")
+            self.post("joined", (n, []))
 
     def _scale(self, n: int) -> dict:
         if n < 0:
@@ -218,7 +231,7 @@ class Daemon:
         self.workers.difference_update(ids)
         def shrink() -> None:
             cm.rmprocs(ids)
-            self.events.put(("removed", ids))
+            self.post("removed", ids)
 
         threading.Thread(target=shrink, daemon=True, name="session-shrink").start()
 
@@ -245,7 +258,15 @@ class Daemon:
 
     def _call_done(self, wid: int, task: int, fut: Any) -> None:
         """On the runtime's I/O thread: hand the finished task to the loop."""
-        self.events.put(("done", (wid, task, fut)))
+        self.post("done", (wid, task, fut))
+
+    def post(self, kind: str, what: Any) -> None:
+        """Hand an event to the loop (any thread) and wake it."""
+        self.events.put((kind, what))
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
 
     def _drain_events(self) -> None:
         while True:
@@ -390,17 +411,17 @@ def _program_thread(daemon: Daemon, program: dict[str, Any]) -> None:
     while not daemon.workers and time.time() < deadline and not daemon.ending:
         time.sleep(0.1)  # the loop thread fills daemon.workers; nothing to wait on here
     if not daemon.workers:
-        daemon.events.put(("launch_error", f"no worker running after max_wait={program.get('max_wait')} s"))
-        daemon.events.put(("program", ("timeout", 5)))
-        daemon.events.put(("end", "no worker in time (--max-wait)"))
+        daemon.post("launch_error", f"no worker running after max_wait={program.get('max_wait')} s")
+        daemon.post("program", ("timeout", 5))
+        daemon.post("end", "no worker in time (--max-wait)")
         return
     log.info("running the program: %s", shlex.join(program.get("argv", [])))
-    daemon.events.put(("program", ("running", None)))
+    daemon.post("program", ("running", None))
     code = run_program(daemon.sdir, program)
     log.info("the program exited with status %s", code)
-    daemon.events.put(("program", ("exited", code)))
+    daemon.post("program", ("exited", code))
     if program.get("rm"):
-        daemon.events.put(("end", "the program ended (--rm)"))
+        daemon.post("end", "the program ended (--rm)")
 
 
 if __name__ == "__main__":
