@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -46,6 +46,27 @@ class Spool:
         fd = os.open(self.path(job["num"]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(job, fh)
+
+    def schedule(self, key: str, running: str, queued: str, slots: int,
+                 finish: Callable[[dict, dict], None], start: Callable[[dict, dict], None],
+                 waiting: Callable[[dict], None] | None = None) -> None:
+        """Every command's first step: tasks (``job[key]``, state in ``task["state"]``)
+        whose process ended are finished; queued ones start while fewer than *slots* run."""
+        jobs = self.load_all()
+        busy = 0
+        for job in jobs:
+            for task in job[key]:
+                if task["state"] == running and not alive(task["pid"]):
+                    finish(job, task)
+                busy += task["state"] == running
+        for job in jobs:
+            for task in job[key]:
+                if task["state"] == queued and busy < slots:
+                    start(job, task)
+                    busy += 1
+                elif task["state"] == queued and waiting is not None:
+                    waiting(task)
+            self.save(job)
 
     def next_number(self, first: int = 100) -> int:
         path = os.path.join(self.home, "counter")

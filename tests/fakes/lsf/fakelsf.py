@@ -36,7 +36,7 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from spool import Spool, alive, kill_session, start  # noqa: E402
+from spool import Spool, kill_session, start  # noqa: E402
 
 SPOOL = Spool(os.environ.get("FAKE_LSF_HOME", f"/tmp/fakelsf-{getpass.getuser()}"))
 SLOTS = int(os.environ.get("FAKE_LSF_SLOTS", "8"))
@@ -49,22 +49,16 @@ USAGE = ("Usage: bsub [-h] [-V] [-H] [-x] [-r | -rn] [-I | -Ip | -Is] [-J job_na
 
 
 def _schedule() -> None:
-    jobs = SPOOL.load_all()
-    running = 0
-    for job in jobs:
-        for el in job["elements"]:
-            if el["stat"] == "RUN" and not alive(el["pid"]):
-                status = _exit_status(job, el)
-                el["stat"], el["exit"] = ("DONE", None) if status == 0 else ("EXIT", status)
-            running += el["stat"] == "RUN"
-    for job in jobs:
-        for el in job["elements"]:
-            if el["stat"] == "PEND" and running < SLOTS:
-                _start(job, el)
-                running += 1
-            elif el["stat"] == "PEND":
-                el["reason"] = "Job slot limit reached"
-        SPOOL.save(job)
+    SPOOL.schedule("elements", "RUN", "PEND", SLOTS, finish=_finish, start=_start, waiting=_waiting)
+
+
+def _finish(job: dict, el: dict) -> None:
+    status = _exit_status(job, el)
+    el["state"], el["exit"] = ("DONE", None) if status == 0 else ("EXIT", status)
+
+
+def _waiting(el: dict) -> None:
+    el["reason"] = "Job slot limit reached"
 
 
 def _exit_status(job: dict, el: dict) -> int:
@@ -87,7 +81,7 @@ def _start(job: dict, el: dict) -> None:
     status = os.path.join(SPOOL.home, f"{job['num']}.{el['index']}.status")
     # the wrapper records the exit status (128+N for a signal, as the shell reports it)
     wrapper = f'/bin/bash {shlex.quote(job["script"])}; echo $? > {shlex.quote(status)}'
-    el["stat"], el["reason"] = "RUN", ""
+    el["state"], el["reason"] = "RUN", ""
     el["pid"] = start(["/bin/bash", "-c", wrapper], env, job["cwd"], out)
 
 
@@ -137,7 +131,7 @@ def bsub(argv: list[str]) -> int:
     job = {"num": num, "name": name, "user": getpass.getuser(), "script": script,
            "cwd": o.get("cwd", os.getcwd()), "env": dict(os.environ), "out": o.get("o", ""),
            "array": bool(match), "queue": o.get("q", "normal"),
-           "elements": [{"index": i, "stat": "PEND", "pid": 0, "reason": "", "exit": None}
+           "elements": [{"index": i, "state": "PEND", "pid": 0, "reason": "", "exit": None}
                         for i in indices]}
     SPOOL.save(job)
     _schedule()
@@ -169,9 +163,9 @@ def bjobs(argv: list[str]) -> int:
     rows = []
     for job in SPOOL.load_all():
         for el in job["elements"]:
-            if el["stat"] in ("DONE", "EXIT") and not every:
+            if el["state"] in ("DONE", "EXIT") and not every:
                 continue
-            values = {"jobid": job["num"], "jobindex": str(el["index"]), "stat": el["stat"],
+            values = {"jobid": job["num"], "jobindex": str(el["index"]), "stat": el["state"],
                       "exit_code": str(el["exit"]) if el["exit"] is not None else "-",
                       "pend_reason": el["reason"] or "-", "user": job["user"], "queue": job["queue"],
                       "job_name": f"{job['name']}[{el['index']}]" if job["array"] else job["name"]}
@@ -200,16 +194,16 @@ def bkill(argv: list[str]) -> int:
             status = 255
             continue
         job, els = found
-        live = [e for e in els if e["stat"] in ("RUN", "PEND")]
+        live = [e for e in els if e["state"] in ("RUN", "PEND")]
         if not live:
             sys.stderr.write(f"Job <{ident}>: Job has already finished\n")
             status = 255
             continue
         for el in live:
             sig = signal.SIGKILL
-            if el["stat"] == "RUN":
+            if el["state"] == "RUN":
                 sig = kill_session(el["pid"], (signal.SIGINT, signal.SIGTERM, signal.SIGKILL), 0.5) or sig
-            el["stat"], el["exit"] = "EXIT", 128 + int(sig)
+            el["state"], el["exit"] = "EXIT", 128 + int(sig)
         SPOOL.save(job)
         print(f"Job <{ident}> is being terminated")
     return status

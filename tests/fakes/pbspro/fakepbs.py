@@ -27,7 +27,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from spool import Spool, alive, kill_session, start  # noqa: E402
+from spool import Spool, kill_session, start  # noqa: E402
 
 SERVER = "fakepbs"
 HOME = os.environ.get("FAKE_PBS_HOME", f"/tmp/fakepbs-{getpass.getuser()}")
@@ -42,19 +42,11 @@ SPOOL = Spool(HOME)
 
 def _schedule() -> None:
     """Reap finished subjobs, start queued ones while slots are free."""
-    jobs = SPOOL.load_all()
-    running = 0
-    for job in jobs:
-        for sub in job["subjobs"]:
-            if sub["state"] == "R" and not alive(sub["pid"]):
-                sub["state"], sub["exit"] = "F", sub.get("exit", 0)
-            running += sub["state"] == "R"
-    for job in jobs:
-        for sub in job["subjobs"]:
-            if sub["state"] == "Q" and running < SLOTS:
-                _start(job, sub)
-                running += 1
-        SPOOL.save(job)
+    SPOOL.schedule("subjobs", "R", "Q", SLOTS, finish=_finish, start=_start)
+
+
+def _finish(job: dict, sub: dict) -> None:
+    sub["state"], sub["exit"] = "F", sub.get("exit", 0)
 
 
 def _start(job: dict, sub: dict) -> None:
