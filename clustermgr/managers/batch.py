@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -302,11 +302,20 @@ class BatchManager(ClusterManager):
         return path
 
     def _submit(self, script: str, n: int, tag: str, env: dict[str, str], cwd: str) -> str:
+        out = self.retrying(lambda: self.run_submit(self.submit_argv(script, n, tag), script, env, cwd))
+        match = re.search(self.job_id_regexp, out)
+        if not match:
+            raise LaunchError(f"{self.scheduler}: no job id in the submit output {out!r}")
+        return match.group("job_id")
+
+    def retrying(self, submit: Callable[[], str]) -> str:
+        """Run *submit*; after a failure, again after each of ``retry_delays``, unless the
+        error is one no retry can fix (``fatal_submit_errors``, command not found)."""
         delays = [0.0, *self.retry_delays]
         for attempt, delay in enumerate(delays):
             time.sleep(delay)
             try:
-                out = self.run_submit(self.submit_argv(script, n, tag), script, env, cwd)
+                return submit()
             except SchedulerCommandError as exc:
                 said = exc.stderr + exc.stdout
                 fatal = self.fatal_submit_errors and re.search(self.fatal_submit_errors, said)
@@ -314,11 +323,6 @@ class BatchManager(ClusterManager):
                     raise
                 log.warning("%s submit failed, retrying in %s s: %s", self.scheduler,
                             delays[attempt + 1], exc)
-                continue
-            match = re.search(self.job_id_regexp, out)
-            if not match:
-                raise LaunchError(f"{self.scheduler}: no job id in the submit output {out!r}")
-            return match.group("job_id")
         raise AssertionError("unreachable")
 
     # --- polling -----------------------------------------------------------------------

@@ -104,7 +104,6 @@ class DRMAAManager(BatchManager):
         self.native_specification = native_specification
         self.task_index_var = task_index_var
         self._session: Any = None
-        self._user_env: list[str] = []  # names from addprocs(env=...), at launch
         self._prefix = ""
 
     def resource_directives(self) -> list[str]:
@@ -117,7 +116,8 @@ class DRMAAManager(BatchManager):
         """One ``runBulkJobs(1..np)``; the job template carries the worker's environment."""
         os.chmod(script, 0o700)
         drmaa = _import_drmaa()
-        keep = {k: v for k, v in env.items() if k.startswith("CLUSTERMGR_") or k in self._user_env}
+        user = self._spec.env if self._spec else {}
+        keep = {k: v for k, v in env.items() if k.startswith("CLUSTERMGR_") or k in user}
         keep["PYTHONUNBUFFERED"] = "1"
         with _lock:
             jt = self._session.createJobTemplate()
@@ -147,7 +147,6 @@ class DRMAAManager(BatchManager):
             drms = str(self._session.drmsInfo)
             self.task_index_var = next((v for k, v in TASK_INDEX_VARS.items() if k in drms), "SGE_TASK_ID")
         self.array_index_var = self.task_index_var
-        self._user_env = sorted(spec.env)
         return super()._write_script(spec, prefix)
 
     def poll_table(self) -> dict[str, tuple[str, str]]:

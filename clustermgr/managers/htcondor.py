@@ -57,8 +57,6 @@ class HTCManager(BatchManager):
         if self.walltime:
             _seconds(self.walltime)  # a bad walltime fails here, not at submit
         self.tag = secrets.token_hex(6)
-        self._dir = os.getcwd()
-        self._getenv = ["CLUSTERMGR_*"]
 
     def resource_directives(self) -> list[str]:
         return []  # resources go in the submit description, see submit_description()
@@ -66,9 +64,11 @@ class HTCManager(BatchManager):
     def submit_description(self, script: str, n: int) -> str:
         """The submit description for *n* workers running *script* (it holds no secret)."""
         log = os.path.join(self.log_dir, "worker-$(Cluster).$(Process).log")
+        initialdir = self._spec.dir if self._spec else os.getcwd()
+        getenv = ["CLUSTERMGR_*", *sorted(self._spec.env if self._spec else {})]  # addprocs(env=...)
         lines = ["universe = vanilla", f"executable = {script}", f"output = {log}",
-                 f"error = {log}", "should_transfer_files = NO", f"initialdir = {self._dir}",
-                 f"getenv = {', '.join(self._getenv)}",
+                 f"error = {log}", "should_transfer_files = NO", f"initialdir = {initialdir}",
+                 f"getenv = {', '.join(getenv)}",
                  f'environment = "{self.array_index_var}=$(Process)"',
                  f'+ClustermgrTag = "{self.tag}"', *self.templated_directives()]
         if self.walltime:  # HTCondor has no walltime: remove the job when it runs too long
@@ -80,8 +80,6 @@ class HTCManager(BatchManager):
         return "\n".join(lines) + f"\nqueue {n}\n"
 
     def _write_script(self, spec: Any, prefix: str) -> str:
-        self._dir = spec.dir
-        self._getenv = ["CLUSTERMGR_*", *sorted(spec.env)]  # addprocs(env=...) by name
         path = super()._write_script(spec, prefix)
         os.chmod(path, 0o755)  # the job may run as another user; the script holds no secret
         return path

@@ -35,6 +35,7 @@ class KubernetesManager(BatchManager):
 
     scheduler = "Kubernetes"
     queue_timeout_name = "pending_timeout"
+    fatal_submit_errors = r"BadRequest|error:"  # an invalid manifest: no retry can fix it
     states: ClassVar[dict[str, JobState]] = {
         "Pending": JobState.PENDING, "Unknown": JobState.PENDING, "Running": JobState.RUNNING,
         "Succeeded": JobState.DONE, "Failed": JobState.FAILED}
@@ -100,17 +101,7 @@ class KubernetesManager(BatchManager):
         yield from new
 
     def _apply(self, body: str) -> None:
-        delays = [0.0, *self.retry_delays]
-        for attempt, delay in enumerate(delays):
-            time.sleep(delay)
-            try:
-                run_command(self._k("apply", "-f", "-"), input=body, timeout=120)
-                return
-            except SchedulerCommandError as exc:
-                if attempt == len(delays) - 1 or exc.returncode == 127 or "BadRequest" in exc.stderr \
-                        or "error:" in exc.stderr:
-                    raise  # an invalid manifest: no retry can fix it
-                log.warning("kubectl apply failed, retrying in %s s: %s", delays[attempt + 1], exc)
+        self.retrying(lambda: run_command(self._k("apply", "-f", "-"), input=body, timeout=120))
 
     # --- status ------------------------------------------------------------------------
 

@@ -57,8 +57,6 @@ class LSFManager(BatchManager):
         super().__init__(np, retry_delays=exponential_backoff() if retry_delays is None else retry_delays,
                          throttle=throttle, **kwargs)
         self.bsub_flags, self.ssh_cmd = list(bsub_flags), list(ssh_cmd)
-        self._cwd: str = os.getcwd()  # these two come from the LaunchSpec, at launch
-        self._user_env: list[str] = []
 
     def index_expression(self) -> str:
         return "$(( ${LSB_JOBINDEX:-1} - 1 ))"  # LSF counts elements from 1
@@ -66,23 +64,21 @@ class LSFManager(BatchManager):
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         name = f"{self.job_name}[1-{n}]" if self.use_array else self.job_name
         out = f"{self.log_dir}/worker-%J.%I.log" if self.use_array else f"{self.log_dir}/worker-{tag}.log"
-        return ["bsub", "-J", name, "-o", out, "-cwd", self._cwd, *self.bsub_flags]
+        cwd = self._spec.dir if self._spec else os.getcwd()
+        return ["bsub", "-J", name, "-o", out, "-cwd", cwd, *self.bsub_flags]
 
     def run_submit(self, argv: list[str], script: str, env: dict[str, str], cwd: str) -> str:
         with open(script) as fh:
             text = fh.read()
         if not self.ssh_cmd:
             return run_command(argv, env=env, cwd=cwd, input=text)
-        exports = {k: env[k] for k in (*_SUBMIT_VARS, *self._user_env, "CLUSTERMGR_LAUNCH_ID") if k in env}
+        user = sorted(self._spec.env) if self._spec else []
+        exports = {k: env[k] for k in (*_SUBMIT_VARS, *user, "CLUSTERMGR_LAUNCH_ID") if k in env}
         preamble = ("IFS= read -r CLUSTERMGR_COOKIE && export CLUSTERMGR_COOKIE "
                     + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items())
                     + " && exec " + shlex.join(argv))
         return run_command([*self.ssh_cmd, "sh", "-c", shlex.quote(preamble)],
                            input=env["CLUSTERMGR_COOKIE"] + "\n" + text)
-
-    def _write_script(self, spec: Any, prefix: str) -> str:
-        self._cwd, self._user_env = spec.dir, sorted(spec.env)
-        return super()._write_script(spec, prefix)
 
     def run(self, argv: list[str], timeout: float = 30.0) -> str:
         if not self.ssh_cmd:
