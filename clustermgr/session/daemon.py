@@ -138,8 +138,7 @@ class Daemon:
 
     def _request(self, msg: dict, blobs: list) -> tuple[dict, list]:
         op = msg.get("op")
-        self.last_activity = time.time()
-        self.store.set(last_activity=self.last_activity)
+        self.last_activity = time.time()  # stored by _check_deadlines, not per request
         if op == "ping":
             return {"pid": os.getpid(), "workers": sorted(self.workers)}, []
         if op == "submit":
@@ -152,7 +151,8 @@ class Daemon:
         if op == "scale":
             return self._scale(int(msg["n"])), []
         if op == "extend":
-            extended = float(self.store.get("extended", 0.0)) + float(msg["seconds"])
+            extended = float(self.meta.get("extended", 0.0)) + float(msg["seconds"])
+            self.meta["extended"] = extended
             self.store.set(extended=extended)
             self.store.event("extended", seconds=float(msg["seconds"]), total=extended)
             return {"extended": extended}, []
@@ -333,7 +333,10 @@ class Daemon:
 
     def _check_deadlines(self) -> None:
         now = time.time()
-        meta = self.store.meta()
+        meta = self.meta  # read at start; the daemon is its only writer
+        if self.last_activity != meta.get("last_activity"):
+            meta["last_activity"] = self.last_activity
+            self.store.set(last_activity=self.last_activity)
         extended = float(meta.get("extended", 0.0))
         idle_limit, absolute = meta.get("session_timeout"), meta.get("absolute_timeout")
         if absolute is not None and now > meta["created"] + float(absolute) + extended:
