@@ -8,6 +8,7 @@ Peers are imported only when their adapter starts (``benchmarks/requirements.txt
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -63,27 +64,14 @@ class Floor(Adapter):
     def map(self, fn: Callable, items: list, chunksize: int) -> list:
         if chunksize == 1:
             return self.echo.map(fn, items)
-        return [y for part in self.echo.map(run_chunk_of(fn), chunks(items, chunksize)) for y in part]
+        parts = self.echo.map(functools.partial(run_chunk, fn), chunks(items, chunksize))
+        return [y for part in parts for y in part]
 
     def pids(self) -> list[int]:
         return [self.echo.proc.pid]
 
     def stop(self) -> None:
         self.echo.close()
-
-
-class RunChunk:
-    """``run_chunk`` bound to a function, picklable by reference."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-
-    def __call__(self, chunk: list) -> list:
-        return [self.fn(x) for x in chunk]
-
-
-def run_chunk_of(fn: Callable) -> RunChunk:
-    return RunChunk(fn)
 
 
 class ClusterRemotecall(Adapter):
