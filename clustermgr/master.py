@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
+from .auth import Gate, RejectLog, ReplyBudget
 from .errors import ClusterError, ProcessExitedError, ProtocolError, TopologyError
 from .execute import execute, run_local
 from .managers.base import ClusterManager, ManageOp, WorkerHandle
@@ -29,9 +30,6 @@ from .transport import Node
 log = logging.getLogger("clustermgr")
 _DST = slice(8, 12)
 _MID = slice(12, 20)
-#: Handshakes not finished within this many seconds are forgotten.
-HANDSHAKE_TIMEOUT = 30.0
-MAX_HANDSHAKES = 10_000
 _REQUESTS = (Kind.CALL, Kind.FETCH, Kind.CHANNEL)
 
 
@@ -84,7 +82,9 @@ class MasterNode(Node):
         port = self.router.bind_to_random_port(f"tcp://{settings.bind}") if not settings.port \
             else self._bind_fixed(settings)
         self.address = f"tcp://{settings.bind}:{port}"
-        self.handshakes: dict[bytes, tuple[bytes, bytes, float]] = {}
+        self.gate = Gate(self.secret, b"master", b"worker")
+        self.rejects = RejectLog("clustermgr master")
+        self.replies = ReplyBudget()
         self.workers: dict[int, WorkerInfo] = {}
         self.by_identity: dict[bytes, WorkerInfo] = {}
         self.departed: dict[bytes, int] = {}  # identities of dead workers: late BYE etc.
@@ -92,7 +92,6 @@ class MasterNode(Node):
         self.dead: dict[int, ProcessExitedError] = {}
         self.load: dict[int, int] = {}
         self.joined = threading.Condition()
-        self.rejected_frames = 0
         self._next_wid = 2
         self._last_beat = 0.0
         self._rr = 0
@@ -171,14 +170,21 @@ class MasterNode(Node):
 
     # --- network input ----------------------------------------------------------------
 
+    @property
+    def rejected_frames(self) -> int:
+        """How many messages were dropped as unauthenticated or malformed so far."""
+        return self.rejects.total
+
     def _from_network(self, sock: zmq.Socket, frames: list) -> None:
         identity = frames[0].bytes
+        w = self.by_identity.get(identity)
         try:
+            if len(frames) < 2:
+                raise ProtocolError("a message without a header frame")
             hdr = P.unpack_header(frames[1])
         except ProtocolError as exc:
             self._reject(identity, f"malformed frame: {exc}")
             return
-        w = self.by_identity.get(identity)
         if w is None and identity in self.departed:
             self._tell_departed(identity, hdr)
         elif w is None:
@@ -207,8 +213,7 @@ class MasterNode(Node):
         super()._on_result(hdr, frames)
 
     def _reject(self, identity: bytes, why: str) -> None:
-        self.rejected_frames += 1
-        log.warning("dropped a message from an unauthenticated or misbehaving peer: %s", why)
+        self.rejects.note(why)
 
     def _relay(self, src: WorkerInfo, hdr: Header, frames: list) -> None:
         """Forward a worker's message to another worker, unopened.  The topology governs
@@ -270,35 +275,29 @@ class MasterNode(Node):
     # --- handshake ----------------------------------------------------------------------
 
     def _handshake(self, identity: bytes, hdr: Header, body: list) -> None:
+        """A message from a peer that has not authenticated: only HELLO and AUTH count,
+        and whatever it sends is bounded before it is read (see ``auth.py``)."""
         try:
+            if hdr.kind not in (Kind.HELLO, Kind.AUTH):
+                raise P.AuthError(f"not authenticated: send HELLO first, not {hdr.kind.name}")
+            if len(body) != 1:
+                raise ProtocolError(f"a {hdr.kind.name} has one body frame, not {len(body)}")
+            msg = P.load_json(body[0], limit=P.HANDSHAKE_LIMIT)
             if hdr.kind == Kind.HELLO:
-                self._on_hello(identity, P.load_json(body[0]) if body else {})
-            elif hdr.kind == Kind.AUTH:
-                self._on_auth(identity, P.load_json(body[0]) if body else {})
+                self._reply_unauthenticated(identity, Kind.CHALLENGE, self.gate.challenge(identity, msg))
             else:
-                self._reject(identity, f"{hdr.kind.name} before authentication")
-                self._refuse(identity, "not authenticated: send HELLO first")
+                self._on_auth(identity, msg)
         except (ProtocolError, P.AuthError) as exc:
             self._reject(identity, str(exc))
-            self._refuse(identity, str(exc))
+            self._reply_unauthenticated(identity, Kind.REFUSED, {"reason": str(exc)})
 
-    def _on_hello(self, identity: bytes, msg: dict) -> None:
-        cn = P.decode_nonce(msg.get("nonce"))
-        if len(self.handshakes) >= MAX_HANDSHAKES:
-            raise P.AuthError("too many handshakes in progress; try again")
-        sn = P.new_nonce()
-        self.handshakes[identity] = (cn, sn, time.monotonic() + HANDSHAKE_TIMEOUT)
-        reply = {"nonce": sn.hex(), "proof": P.proof(self.secret, b"master", cn, sn)}
-        self._send_raw(identity, [pack_header(Kind.CHALLENGE, 0, 1, 0), P.dump_json(reply)])
+    def _reply_unauthenticated(self, identity: bytes, kind: Kind, body: dict) -> None:
+        if self.replies.take(identity):  # a peer that never reads cannot fill our queue
+            self._send_raw(identity, [pack_header(kind, 0, 1, 0), P.dump_json(body)])
 
     def _on_auth(self, identity: bytes, msg: dict) -> None:
-        state = self.handshakes.pop(identity, None)
-        if state is None:
-            raise P.AuthError("AUTH without HELLO (or the handshake expired)")
-        cn, sn, _ = state
-        if not P.check_proof(self.secret, b"worker", cn, sn, msg.get("proof")):
-            raise P.AuthError("authentication failed: the worker does not hold this cluster's "
-                              "secret (check CLUSTERMGR_COOKIE or the cookie file)")
+        self.gate.verify(identity, msg)
+        self.replies.forget(identity)
         theirs = msg.get("versions")
         if not isinstance(theirs, dict):
             theirs = {}
@@ -313,14 +312,12 @@ class MasterNode(Node):
                                   f"({launch.error or 'already joined'})")
             self._admit(identity, msg, launch)
 
-    def _refuse(self, identity: bytes, reason: str) -> None:
-        self._send_raw(identity, [pack_header(Kind.REFUSED, 0, 1, 0), P.dump_json({"reason": reason})])
-
     def _admit(self, identity: bytes, msg: dict, launch: Launch | None) -> None:
         wid, self._next_wid = self._next_wid, self._next_wid + 1
         now = time.monotonic()
-        w = WorkerInfo(wid, identity, str(msg.get("host", "?")), int(msg.get("pid", 0) or 0),
-                       launch, now)
+        pid = msg.get("pid")
+        w = WorkerInfo(wid, identity, str(msg.get("host", "?"))[:256],
+                       pid if isinstance(pid, int) else 0, launch, now)
         s = self.settings
         welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path,
                    "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace}
@@ -365,9 +362,8 @@ class MasterNode(Node):
                 self._kill_in_background(w)
             elif beating:
                 self._send_raw(w.identity, [beat, b""])
-        for identity, (_, _, deadline) in list(self.handshakes.items()):
-            if now > deadline:
-                del self.handshakes[identity]
+        self.gate.expire()
+        self.rejects.flush(now)
 
     def on_running(self, handle: WorkerHandle) -> None:
         """Called by managers (any thread) when a queued worker's job starts running."""

@@ -26,12 +26,15 @@ Handshake (worker W dials master M; nothing is unpickled by either side before i
 
     W -> M  HELLO      {"nonce": cn}
     M -> W  CHALLENGE  {"nonce": sn, "proof": HMAC(secret, "master" | cn | sn)}
-    W -> M  AUTH       {"proof": HMAC(secret, "worker" | cn | sn), "versions": {...}, ...}
+    W -> M  AUTH       {"proof": HMAC(secret, "worker" | cn | sn), "client_nonce": cn,
+                        "nonce": sn, "versions": {...}, ...}
     M -> W  WELCOME    {"id": 3, "settings": {...}}   or   REFUSED {"reason": "..."}
 
 Both proofs are checked with ``hmac.compare_digest``; W verifies M's proof too, since a
 worker must not run pickles from a master that does not hold the secret either.  The
-secret itself never crosses the wire.
+secret itself never crosses the wire.  ``sn`` is a ticket M can check without having
+stored anything for the handshake (``auth.Gate``); before AUTH succeeds every frame is
+bounded in size (checked before it is copied), count and JSON nesting.
 """
 
 from __future__ import annotations
@@ -97,11 +100,11 @@ def pack_header(kind: int, flags: int, src: int, dst: int, mid: int = 0, ref: in
 
 
 def unpack_header(frame: Any) -> Header:
-    """Parse a header frame; raise :class:`ProtocolError` on anything malformed."""
-    data = bytes(getattr(frame, "buffer", frame))
-    if len(data) != HEADER_SIZE:
-        raise ProtocolError(f"header of {len(data)} bytes, expected {HEADER_SIZE}")
-    version, kind, flags, src, dst, mid, ref = _HEADER.unpack(data)
+    """Parse a header frame; raise :class:`ProtocolError` on anything malformed.  The size
+    is checked before anything is copied (the frame may come from an unauthenticated peer)."""
+    if len(frame) != HEADER_SIZE:
+        raise ProtocolError(f"header of {len(frame)} bytes, expected {HEADER_SIZE}")
+    version, kind, flags, src, dst, mid, ref = _HEADER.unpack(getattr(frame, "buffer", frame))
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
     try:
@@ -115,18 +118,42 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def load_json(frame: Any, limit: int = 1 << 20) -> dict:
-    """Decode a JSON control body (size-limited: it may come from an unauthenticated peer)."""
-    data = bytes(getattr(frame, "buffer", frame))
-    if len(data) > limit:
-        raise ProtocolError(f"control message of {len(data)} bytes is too large")
+#: Handshake bodies are a few hundred bytes; anything much larger is not a handshake.
+HANDSHAKE_LIMIT = 16 << 10
+#: Control messages nest two or three levels; a JSON body deeper than this is refused.
+MAX_JSON_DEPTH = 16
+
+
+def load_json(frame: Any, limit: int = 1 << 20, max_depth: int = MAX_JSON_DEPTH) -> dict:
+    """Decode a JSON control body, or raise :class:`ProtocolError` (never anything else).
+
+    Bounded for input from unauthenticated peers: the size is checked before the frame is
+    copied, the nesting after decoding (the decoder's own recursion limit stops deeper
+    input early, as a RecursionError caught here), and integers keep Python's digit limit.
+    """
+    if len(frame) > limit:
+        raise ProtocolError(f"control message of {len(frame)} bytes is too large (limit {limit})")
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"control message is not JSON: {exc}") from None
+        obj = json.loads(bytes(getattr(frame, "buffer", frame)))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise ProtocolError(f"control message is not JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("control message is not a JSON object")
+    if _depth(obj) > max_depth:
+        raise ProtocolError(f"control message nests deeper than {max_depth} levels")
     return obj
+
+
+def _depth(obj: Any) -> int:
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 # --- versions --------------------------------------------------------------------------
@@ -177,14 +204,14 @@ def check_proof(secret: bytes, role: bytes, cn: bytes, sn: bytes, claimed: Any) 
     return hmac.compare_digest(proof(secret, role, cn, sn).encode(), claimed.encode())
 
 
-def decode_nonce(value: Any) -> bytes:
-    try:
-        nonce = bytes.fromhex(value)
-    except (TypeError, ValueError):
-        raise AuthError("malformed nonce in handshake") from None
-    if len(nonce) != NONCE_BYTES:
+def decode_nonce(value: Any, size: int = NONCE_BYTES) -> bytes:
+    """A nonce of *size* bytes from its hex form; AuthError for anything else."""
+    if not isinstance(value, str) or len(value) != 2 * size:
         raise AuthError("malformed nonce in handshake")
-    return nonce
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise AuthError("malformed nonce in handshake") from None
 
 
 def curve_keys(secret: bytes, role: bytes) -> tuple[bytes, bytes]:

@@ -77,7 +77,8 @@ def test_wrong_proof_is_refused(cluster):
         assert P.check_proof(m.secret, b"master", cn, sn, challenge["proof"])
         forged = P.proof(b"not the secret", b"worker", cn, sn)
         sock.send_multipart([P.pack_header(P.Kind.AUTH, 0, 0, 1), P.dump_json(
-            {"proof": forged, "versions": P.versions()})])
+            {"proof": forged, "client_nonce": cn.hex(), "nonce": sn.hex(),
+             "versions": P.versions()})])
         assert sock.poll(10_000)
         hdr, body = sock.recv_multipart()
         assert P.unpack_header(hdr).kind == P.Kind.REFUSED

@@ -124,7 +124,7 @@ class ElasticManager(ClusterManager):
         return "\n".join([
             "ElasticManager:",
             f"  Active workers: {active}",
-            f"  Pending (handshaking): {len(self.master.handshakes)}",
+            f"  Pending (handshaking): {self.master.gate.pending()}",
             f"  Terminated workers: {terminated}",
             "  Worker connect command:",
             f"    {self.connect_command()}",

@@ -6,16 +6,20 @@ HMAC challenge-response, both ways, before anything else is accepted::
 
     C -> D  HELLO     {"nonce": cn}
     D -> C  CHALLENGE {"nonce": sn, "proof": HMAC(secret, "session" | cn | sn)}
-    C -> D  AUTH      {"proof": HMAC(secret, "client" | cn | sn)}
+    C -> D  AUTH      {"proof": HMAC(secret, "client" | cn | sn), "client_nonce": cn, "nonce": sn}
     D -> C  WELCOME {}  or  REFUSED {"reason": ...}
 
-Then each request is ``[b"REQ", json, *blobs]`` and each answer ``[b"OK", json, *blobs]``
-or ``[b"ERR", {"error": ...}]``.  Blobs are task payloads (cloudpickle), which the daemon
-stores without unpickling; the daemon never unpickles anything a client sends.
+``sn`` is a ticket the daemon can check without remembering it, and every message before
+AUTH is bounded in size, nesting and replies (``clustermgr/auth.py``).  Then each request
+is ``[b"REQ", json, *blobs]`` and each answer ``[b"OK", json, *blobs]`` or
+``[b"ERR", {"error": ...}]`` (``{"reauth": true}`` when the daemon no longer knows the
+client, which then authenticates again).  Blobs are task payloads (cloudpickle), which the
+daemon stores without unpickling; the daemon never unpickles anything a client sends.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -25,7 +29,8 @@ from typing import Any
 import zmq
 
 from .. import protocol as P
-from ..errors import ClusterError
+from ..auth import Gate, RejectLog, ReplyBudget, client_auth
+from ..errors import AuthError, ClusterError
 
 ROLE_DAEMON, ROLE_CLIENT = b"session", b"client"
 
@@ -73,20 +78,28 @@ class Client:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
+        self.secret = secret
         try:
-            cn = P.new_nonce()
-            self._send(b"HELLO", {"nonce": cn.hex()})
-            kind, msg, _ = self._recv()
-            sn = P.decode_nonce(msg.get("nonce"))
-            if kind != b"CHALLENGE" or not P.check_proof(secret, ROLE_DAEMON, cn, sn, msg.get("proof")):
-                raise SessionError("the session daemon could not prove it holds the session's secret")
-            self._send(b"AUTH", {"proof": P.proof(secret, ROLE_CLIENT, cn, sn)})
-            kind, msg, _ = self._recv()
-            if kind != b"WELCOME":
-                raise SessionError(f"the session refused this client: {msg.get('reason', kind)}")
+            self._authenticate()
         except BaseException:
             self.close()
             raise
+
+    def _authenticate(self) -> None:
+        cn = P.new_nonce()
+        self._send(b"HELLO", {"nonce": cn.hex()})
+        kind, msg, _ = self._recv()
+        try:
+            if kind != b"CHALLENGE":
+                raise AuthError(f"expected CHALLENGE, got {kind[:20]!r}")
+            answer = client_auth(self.secret, ROLE_DAEMON, ROLE_CLIENT, cn, msg)
+        except AuthError as exc:
+            raise SessionError("the session daemon could not prove it holds the session's "
+                               f"secret: {exc}") from None
+        self._send(b"AUTH", answer)
+        kind, msg, _ = self._recv()
+        if kind != b"WELCOME":
+            raise SessionError(f"the session refused this client: {msg.get('reason', kind)}")
 
     def _send(self, kind: bytes, msg: dict, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
         self.sock.send_multipart([kind, P.dump_json(msg), *blobs])
@@ -101,6 +114,10 @@ class Client:
     def request(self, op: str, blobs: list[bytes] = (), **args: Any) -> tuple[dict, list]:  # type: ignore[assignment]
         self._send(b"REQ", {"op": op, **args}, list(blobs))
         kind, msg, out = self._recv()
+        if kind == b"ERR" and msg.get("reauth"):  # the daemon forgot us; nothing was done
+            self._authenticate()
+            self._send(b"REQ", {"op": op, **args}, list(blobs))
+            kind, msg, out = self._recv()
         if kind != b"OK":
             raise SessionError(msg.get("error", "the session daemon refused the request"))
         return msg, out
@@ -110,7 +127,16 @@ class Client:
 
 
 class Server:
-    """The daemon's side: authenticate peers, hand requests to *handler*."""
+    """The daemon's side: authenticate peers, hand requests to *handler*.
+
+    Called only from the daemon's loop thread.  Nothing a peer sends can make
+    :meth:`handle_one` raise: unauthenticated input is bounded and dropped (counted in
+    ``rejects``), and a handler's error goes back to its client as ``ERR``.
+    """
+
+    #: Authenticated clients remembered at once; the least recently active is forgotten
+    #: first (it authenticates again on its next request).
+    MAX_CLIENTS = 1024
 
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
@@ -118,44 +144,70 @@ class Server:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.pending: dict[bytes, bytes] = {}   # peer -> our nonce (challenge sent)
-        self.nonces: dict[bytes, bytes] = {}    # peer -> its nonce
-        self.authed: set[bytes] = set()
+        self.gate = Gate(secret, ROLE_DAEMON, ROLE_CLIENT)
+        self.replies = ReplyBudget()
+        self.rejects = RejectLog("clustermgr session daemon")
+        self.authed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def poll(self, timeout: float) -> bool:
         return bool(self.sock.poll(int(timeout * 1000)))
 
     def handle_one(self, handler: Any) -> None:
         """Read one message (poll first) and answer it."""
-        frames = self.sock.recv_multipart()
-        peer, kind = frames[0], frames[1]
+        frames = self.sock.recv_multipart(copy=False)
+        peer = frames[0].bytes
+        if peer in self.authed:
+            self.authed.move_to_end(peer)
+            self._request(peer, frames, handler)
+            return
         try:
-            msg = P.load_json(frames[2]) if len(frames) > 2 else {}
-        except P.ProtocolError:
-            return  # garbage: dropped
+            self._handshake(peer, frames)
+        except (P.ProtocolError, AuthError) as exc:
+            self.rejects.note(str(exc))
+            self._reply_unauthenticated(peer, b"REFUSED", {"reason": str(exc)})
+
+    def _handshake(self, peer: bytes, frames: list) -> None:
+        kind = frames[1].bytes[:16] if len(frames) > 1 else b""
+        if kind == b"REQ":  # a client this daemon forgot (or never knew): it may try again
+            self.rejects.note("a request before authentication")
+            self._reply_unauthenticated(peer, b"ERR", {"error": "not authenticated", "reauth": True})
+            return
+        if kind not in (b"HELLO", b"AUTH") or len(frames) != 3:
+            raise P.ProtocolError(f"unexpected message {kind!r} of {len(frames) - 1} frames "
+                                  "before authentication")
+        msg = P.load_json(frames[2], limit=P.HANDSHAKE_LIMIT)
         if kind == b"HELLO":
-            cn, sn = P.decode_nonce(msg.get("nonce")), P.new_nonce()
-            self.pending[peer], self.nonces[peer] = sn, cn
-            self._reply(peer, b"CHALLENGE",
-                        {"nonce": sn.hex(), "proof": P.proof(self.secret, ROLE_DAEMON, cn, sn)})
-        elif kind == b"AUTH" and peer in self.pending:
-            sn, cn = self.pending.pop(peer), self.nonces.pop(peer)
-            if P.check_proof(self.secret, ROLE_CLIENT, cn, sn, msg.get("proof")):
-                self.authed.add(peer)
-                self._reply(peer, b"WELCOME", {})
-            else:
-                self._reply(peer, b"REFUSED", {"reason": "wrong credential"})
-        elif kind == b"REQ" and peer in self.authed:
-            try:
-                answer, blobs = handler(msg, frames[3:])
-                self._reply(peer, b"OK", answer, blobs)
-            except Exception as exc:  # noqa: BLE001 - the client gets the error text
-                self._reply(peer, b"ERR", {"error": f"{type(exc).__name__}: {exc}"})
-        else:
-            self._reply(peer, b"ERR", {"error": "not authenticated"})
+            self._reply_unauthenticated(peer, b"CHALLENGE", self.gate.challenge(peer, msg))
+            return
+        self.gate.verify(peer, msg)
+        self.replies.forget(peer)
+        self.authed[peer] = None
+        if len(self.authed) > self.MAX_CLIENTS:
+            self.authed.popitem(last=False)
+        self._reply(peer, b"WELCOME", {})
+
+    def _request(self, peer: bytes, frames: list, handler: Any) -> None:
+        try:
+            if len(frames) < 3 or frames[1].bytes != b"REQ":
+                raise P.ProtocolError("expected [REQ, json, *blobs]")
+            msg = P.load_json(frames[2], limit=64 << 20)
+            answer, blobs = handler(msg, [f.bytes for f in frames[3:]])
+        except Exception as exc:  # noqa: BLE001 - the client gets the error text
+            self._reply(peer, b"ERR", {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._reply(peer, b"OK", answer, blobs)
+
+    def _reply_unauthenticated(self, peer: bytes, kind: bytes, msg: dict) -> None:
+        if self.replies.take(peer):  # a peer that never reads cannot fill our queue
+            self._reply(peer, kind, msg)
 
     def _reply(self, peer: bytes, kind: bytes, msg: dict, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
         self.sock.send_multipart([peer, kind, P.dump_json(msg), *blobs])
+
+    def tick(self) -> None:
+        """Periodic upkeep (the daemon loop calls it a few times a second)."""
+        self.gate.expire()
+        self.rejects.flush()
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -118,6 +118,7 @@ class Daemon:
                 if time.monotonic() >= self.next_deadline_check:
                     self.next_deadline_check = time.monotonic() + 0.25
                     self._check_deadlines()
+                    self.server.tick()
         finally:
             self._shutdown()
 

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from .. import protocol as P
+from ..auth import client_auth
 from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
 from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
@@ -79,14 +80,14 @@ class WorkerNode(Node):
         cn = P.new_nonce()
         self._send_now(Kind.HELLO, {"nonce": cn.hex()})
         challenge = self._expect(Kind.CHALLENGE, timeout)
-        sn = P.decode_nonce(challenge.get("nonce"))
-        if not P.check_proof(self.secret, b"master", cn, sn, challenge.get("proof")):
+        try:
+            answer = client_auth(self.secret, b"master", b"worker", cn, challenge)
+        except AuthError:
             raise AuthError(f"the master at {self.address} holds a different secret than "
                             "this worker (check CLUSTERMGR_COOKIE or --cookie-file); refusing "
-                            "to run anything it sends")
+                            "to run anything it sends") from None
         self._send_now(Kind.AUTH, {
-            "proof": P.proof(self.secret, b"worker", cn, sn),
-            "versions": versions or P.versions(), "launch_id": self.launch_id,
+            **answer, "versions": versions or P.versions(), "launch_id": self.launch_id,
             "host": socket.gethostname(), "pid": os.getpid()})
         welcome = self._expect(Kind.WELCOME, timeout)
         self.myid = int(welcome["id"])
@@ -105,9 +106,12 @@ class WorkerNode(Node):
                     "this too)") if self.encrypt else ""
             raise MasterUnreachable(f"no answer from the master at {self.address} within "
                                     f"{timeout} s{hint}")
-        frames = self.dealer.recv_multipart()
+        frames = self.dealer.recv_multipart(copy=False)  # not authenticated yet: bounded reads
+        if len(frames) != 2:
+            raise P.ProtocolError(f"the peer at {self.address} sent {len(frames)} frames "
+                                  "where the master sends 2; is it a clustermgr master?")
         hdr = P.unpack_header(frames[0])
-        body = P.load_json(frames[1]) if len(frames) > 1 else {}
+        body = P.load_json(frames[1])
         if hdr.kind == Kind.REFUSED:
             raise AuthError(f"the master refused this worker: {body.get('reason', '?')}")
         if hdr.kind != kind:
