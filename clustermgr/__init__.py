@@ -21,9 +21,10 @@ from .errors import (  # noqa: E402
     TopologyError,
 )
 
-# (the function remote() is bound here, after importing the submodule of the same name)
+# No submodule shares a name with a public function (pmap is in mapping.py, remote()
+# in pools.py), so no import order can shadow one: tests/test_api.py checks.
 from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
-from .remote import (  # noqa: E402
+from .calls import (  # noqa: E402
     Future,
     RemoteChannel,
     fetch,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
         workers,
     )
     from .executor import ClusterExecutor, WorkerLostError
-    from .pmap import pmap, preduce
+    from .mapping import pmap, preduce
     from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
@@ -68,7 +69,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "myid", "nprocs", "nworkers",
                      "procs", "rmprocs", "shutdown", "workers"], "cluster"),
-    **dict.fromkeys(["pmap", "preduce"], "pmap"),
+    **dict.fromkeys(["pmap", "preduce"], "mapping"),
     **dict.fromkeys(["ClusterExecutor", "WorkerLostError"], "executor"),
     **dict.fromkeys(["fetch_async", "pmap_async", "remotecall_async", "spawnat_async"], "aio"),
     **dict.fromkeys(["Session", "attach_session", "list_sessions", "resume_session", "start_session"],

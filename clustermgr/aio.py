@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .remote import Future, remotecall, spawnat
+from .calls import Future, remotecall, spawnat
 
 
 async def remotecall_async(f: Callable, wid: int, *args: Any, **kwargs: Any) -> Any:
@@ -29,7 +29,7 @@ async def fetch_async(x: Any) -> Any:
         return await x
     import asyncio
 
-    from .remote import fetch
+    from .calls import fetch
 
     return await asyncio.to_thread(fetch, x)  # a RemoteChannel: its own blocking protocol
 
@@ -38,6 +38,6 @@ async def pmap_async(f: Callable, *iterables: Iterable, **kwargs: Any) -> list[A
     """``pmap`` in a thread of the loop's default executor: awaitable, loop stays free."""
     import asyncio
 
-    from .pmap import pmap
+    from .mapping import pmap
 
     return await asyncio.to_thread(pmap, f, *iterables, **kwargs)

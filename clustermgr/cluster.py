@@ -24,7 +24,7 @@ from .managers.base import ClusterManager, LaunchSpec, ManageOp
 from .managers.local import LocalManager
 from .master import Launch, MasterNode
 from .protocol import Kind, pack_header
-from .remote import remotecall
+from .calls import remotecall
 from .settings import Settings
 from .transport import Node, current_node, log, set_current_node
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import serialize
 from .errors import ClusterError
 from .protocol import Flag, Header, Kind, pack_header
-from .remote import ErrorPayload, error_frames
+from .calls import ErrorPayload, error_frames
 
 if TYPE_CHECKING:
     from .transport import Node

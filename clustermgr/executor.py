@@ -255,7 +255,7 @@ class ClusterExecutor(Executor):
         self._release()
 
     def _dispatch(self) -> None:
-        from .remote import remotecall
+        from .calls import remotecall
 
         while self._pending:
             with self._lock:

@@ -18,7 +18,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import ClusterError
-from .remote import Future, remotecall
+from .calls import Future, remotecall
 
 _FN_CACHE: dict[str, Callable] = {}
 _keys = itertools.count(1)
@@ -147,7 +147,7 @@ class FunctionCache:
             return CachedFunction(key, payload)
 
     def clear(self) -> None:
-        from .remote import remote_do
+        from .calls import remote_do
 
         with self._lock:
             by_worker: dict[int, list[str]] = {}

@@ -6,7 +6,7 @@ ZeroMQ sends straight from the object's memory, so a 1 GB array is never copied 
 ``bytes`` object.  On receipt, the frames' memory becomes the arrays' memory (pyzmq frames
 are writable, so received arrays are writable too).
 
-Callers: user threads serialize calls (``remote.py``); the worker's main thread
+Callers: user threads serialize calls (``calls.py``); the worker's main thread
 deserializes calls and serializes results; futures deserialize results lazily, in the
 thread that fetches them, so the I/O threads only move frames.
 """

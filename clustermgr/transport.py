@@ -35,7 +35,7 @@ from .errors import ClusterError, ProcessExitedError
 from .protocol import Flag, Header, Kind, pack_header
 
 if TYPE_CHECKING:
-    from .remote import Future
+    from .calls import Future
 
 log = logging.getLogger("clustermgr")
 
@@ -51,6 +51,37 @@ def current_node() -> Node | None:
 def set_current_node(node: Node | None) -> None:
     global _current
     _current = node
+
+
+class Signal:
+    """A one-shot event with the waiting interface of a Future (``done``,
+    ``add_done_callback``, ``_event``), so :meth:`Node.block_until` can wait on it: code
+    that waits for one of many things (pmap) waits this way and, on a worker's main thread,
+    keeps serving incoming calls meanwhile."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[Signal], None]] = []
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def add_done_callback(self, fn: Callable[[Signal], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
 
 class Node(abc.ABC):

@@ -242,7 +242,7 @@ class Daemon:
     # --- tasks -------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        from ..remote import remotecall
+        from ..calls import remotecall
 
         for wid in sorted(self.workers - set(self.busy) - self.removing):
             claimed = self.store.claim(wid)

@@ -18,7 +18,8 @@ from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
-from .remote import ErrorPayload, Future, remotecall
+from .calls import ErrorPayload, Future, get_node, remotecall
+from .transport import Signal
 
 PREFETCH = 2
 AUTO_BATCHES_PER_WORKER = 4
@@ -128,6 +129,8 @@ class _PMap:
         self.retries: list[tuple[float, int, list[int]]] = []  # heap of (due, seq, batch)
         self.inflight: dict[int, int] = {}
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
+        self.node = get_node()
+        self.wake = Signal()  # set by each completion; see _next_completion
         self.remaining = len(items)
         self.shipped = FunctionCache()
         self.bar = None
@@ -176,7 +179,11 @@ class _PMap:
             self._failed_batch(batch, exc)
             return
         self.inflight[wid] = self.inflight.get(wid, 0) + 1
-        fut.add_done_callback(lambda fut: self.done_q.put((batch, wid, fut)))
+        fut.add_done_callback(lambda fut: self._completed((batch, wid, fut)))
+
+    def _completed(self, entry: tuple) -> None:
+        self.done_q.put(entry)
+        self.wake.set()
 
     def _next_completion(self) -> tuple[list[int], int, Future] | None:
         wait = None
@@ -187,8 +194,14 @@ class _PMap:
             if left <= 0:
                 raise TimeoutError(f"pmap did not finish within timeout={self.timeout} s")
             wait = left if wait is None else min(wait, left)
+        # Wait through the node, not on the queue: on a worker's main thread (a nested
+        # pmap) the node keeps running calls meanwhile, so two workers that pmap onto each
+        # other cannot deadlock.
+        self.wake = wake = Signal()
+        if self.done_q.empty():
+            self.node.block_until(wake, wait)
         try:
-            return self.done_q.get(timeout=wait)
+            return self.done_q.get_nowait()
         except queue.Empty:
             return None
 
