@@ -65,6 +65,19 @@ class ErrorPayload:
         return err
 
 
+def local_error(exc: BaseException) -> RemoteError:
+    """*exc*, raised by user code in this process, in the shape a remote failure has (a
+    ``RemoteError`` with *exc* as its ``__cause__``), so that callers see one behaviour
+    wherever the code ran."""
+    from .cluster import myid
+
+    if isinstance(exc, RemoteError):
+        return exc
+    err = RemoteError(myid(), f"{type(exc).__qualname__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
 def error_frames(worker_id: int, exc: BaseException) -> list:
     return serialize.dumps(ErrorPayload(worker_id, exc))
 

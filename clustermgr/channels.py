@@ -146,6 +146,8 @@ class ChannelStore:
     def run_local(self, cid: str, op: str, arg: Any, timeout: float | None) -> Any:
         """A blocking operation by a thread of the owner process."""
         chan = self.get(cid)
+        if op == "put":  # the value as it is now, as a put from another process stores it
+            arg = serialize.loads(serialize.dumps(arg))
         done = threading.Event()
         box: list[tuple[bool, Any]] = []
 

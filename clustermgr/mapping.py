@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
-from .calls import ErrorPayload, Future, get_node, remotecall
+from .calls import ErrorPayload, Future, get_node, local_error, remotecall
 from .transport import Signal
 
 PREFETCH = 2
@@ -57,9 +57,12 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     batch_size: items per call, or "auto" (large batches for many items).
     retry_delays: the delays (seconds) before each retry of a failed item; its length is
         the number of retries.  A failure is an exception in ``f`` or the death of the
-        worker running it.  ``retry_check(exc)`` may veto a retry.
+        worker running it.  ``retry_check(exc)`` may veto a retry.  A retry goes to
+        another worker than the ones the item failed on, while there is one.
     on_error: called with the final exception of an item; its return value takes the
-        item's place.  Without it, the first final failure is raised.
+        item's place.  Without it, the first final failure is raised.  Either way the
+        exception is a ``RemoteError`` (what ``f`` raised is its ``__cause__``) or a
+        ``ProcessExitedError``, with ``distributed`` True or False alike.
     distributed=False: run in this process (same retry and error semantics).
     timeout: seconds for the whole map (``TimeoutError``).
     progress: True shows a tqdm bar (done, failed, retried, ETA) when stderr is a terminal;
@@ -71,7 +74,7 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
         return []
     if not distributed:
         return _local_map(f, items, delays, retry_check, on_error)
-    p = pool or default_worker_pool()
+    p = pool if pool is not None else default_worker_pool()  # an empty pool is not None
     size = _batch_size(batch_size, len(items), max(1, len(p.workers())))
     return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout).run()
 
@@ -99,13 +102,14 @@ def _local_map(f: Callable, items: list[tuple], delays: list[float],
             try:
                 out.append(f(*args))
                 break
-            except Exception as exc:  # noqa: BLE001
+            except Exception as raw:  # noqa: BLE001
+                exc = local_error(raw)  # what a worker's failure looks like, for one behaviour
                 if _may_retry(exc, attempt, delays, check):
                     time.sleep(delays[attempt - 1])
                     attempt += 1
                     continue
                 if on_error is None:
-                    raise
+                    raise exc from raw
                 out.append(on_error(exc))
                 break
     return out
@@ -127,6 +131,8 @@ class _PMap:
                                           for i in range(0, len(items), size)]
         self.todo.reverse()  # pop() from the end keeps input order
         self.retries: list[tuple[float, int, list[int]]] = []  # heap of (due, seq, batch)
+        self.retry_todo: list[list[int]] = []  # due retries, each sent to another worker
+        self.failed_on: dict[int, set[int]] = {}  # item -> workers it failed on
         self.inflight: dict[int, int] = {}
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
         self.node = get_node()
@@ -155,7 +161,7 @@ class _PMap:
     def _submit_ready(self) -> None:
         now = time.monotonic()
         while self.retries and self.retries[0][0] <= now:
-            self.todo.append(heapq.heappop(self.retries)[2])
+            self.retry_todo.append(heapq.heappop(self.retries)[2])
         ids = self.pool.workers()
         if not ids:
             raise ClusterError("pmap: every worker of the pool is gone")
@@ -164,10 +170,21 @@ class _PMap:
                 del self.inflight[wid]
         for level in range(PREFETCH):  # least busy first: every worker gets one, then a second
             for wid in ids:
-                if not self.todo:
+                if not self.todo and not self.retry_todo:
                     return
                 if self.inflight.get(wid, 0) == level:
-                    self._send(self.todo.pop(), wid)
+                    batch = self._pick(wid, ids)
+                    if batch is not None:
+                        self._send(batch, wid)
+
+    def _pick(self, wid: int, ids: list[int]) -> Sequence[int] | None:
+        """The next batch for *wid*: a due retry that has not failed on it (unless it has
+        failed on every live worker), else the next batch of the input."""
+        for k, batch in enumerate(self.retry_todo):
+            tried = self.failed_on.get(batch[0], set())
+            if wid not in tried or tried.issuperset(ids):
+                return self.retry_todo.pop(k)
+        return self.todo.pop() if self.todo else None
 
     def _send(self, batch: Sequence[int], wid: int) -> None:
         fn = self.shipped.ref(self.f, wid)
@@ -176,7 +193,7 @@ class _PMap:
                 else [self.items[i] for i in batch]
             fut = remotecall(_run_batch, wid, fn, args)
         except ProcessExitedError as exc:
-            self._failed_batch(batch, exc)
+            self._failed_batch(batch, exc, wid)
             return
         self.inflight[wid] = self.inflight.get(wid, 0) + 1
         fut.add_done_callback(lambda fut: self._completed((batch, wid, fut)))
@@ -213,7 +230,7 @@ class _PMap:
         try:
             values = fut.fetch()
         except (RemoteError, ProcessExitedError) as exc:
-            self._failed_batch(batch, exc)
+            self._failed_batch(batch, exc, wid)
             return
         if isinstance(batch, range) and self.bar is None and not any(type(v) is _Failed for v in values):
             self.results[batch.start:batch.stop] = values  # the common case, without a loop
@@ -221,16 +238,17 @@ class _PMap:
             return
         for i, value in zip(batch, values, strict=True):
             if isinstance(value, _Failed):
-                self._failed_item(i, value.payload.to_exception())
+                self._failed_item(i, value.payload.to_exception(), wid)
             else:
                 self._store(i, value)
 
-    def _failed_batch(self, batch: Sequence[int], exc: BaseException) -> None:
+    def _failed_batch(self, batch: Sequence[int], exc: BaseException, wid: int) -> None:
         for i in batch:
-            self._failed_item(i, exc)
+            self._failed_item(i, exc, wid)
 
-    def _failed_item(self, i: int, exc: BaseException) -> None:
+    def _failed_item(self, i: int, exc: BaseException, wid: int) -> None:
         attempt = self.attempts[i]
+        self.failed_on.setdefault(i, set()).add(wid)
         if _may_retry(exc, attempt, self.delays, self.check):
             self.attempts[i] += 1
             self.retried += 1

@@ -25,9 +25,11 @@ _keys = itertools.count(1)
 
 
 def _alive(wid: int) -> bool:
-    from .cluster import workers
+    """A pool member that can still run calls: the master always can (a pool of ``[1]``
+    runs on the master), a worker while it is in the cluster."""
+    from .cluster import procs
 
-    return wid in workers()
+    return wid in procs()
 
 
 class WorkerPool:
@@ -229,7 +231,7 @@ def default_worker_pool() -> WorkerPool:
 
 def remote(f: Callable, pool: WorkerPool | None = None) -> Callable:
     """A function that runs *f* on a free worker of *pool* and returns its value."""
-    p = pool or default_worker_pool()
+    p = pool if pool is not None else default_worker_pool()  # an empty pool is not None
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return p.remotecall_fetch(f, *args, **kwargs)
