@@ -51,14 +51,14 @@ if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
         workers,
     )
     from .executor import ClusterExecutor, WorkerLostError
-    from .mapping import pmap, preduce
+    from .mapping import imap, pmap, preduce
     from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
     "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "Future",
     "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "Session", "TopologyError",
     "WorkerLostError", "WorkerPool", "addprocs", "attach_session", "configure",
-    "default_worker_pool", "everywhere", "fetch", "fetch_async", "interrupt", "list_sessions",
+    "default_worker_pool", "everywhere", "fetch", "fetch_async", "imap", "interrupt", "list_sessions",
     "myid", "nprocs", "nworkers", "pmap", "pmap_async", "preduce", "procs", "remote", "remote_do",
     "remotecall", "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session",
     "rmprocs", "shutdown", "spawnat", "spawnat_async", "start_session", "workers",
@@ -69,7 +69,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "myid", "nprocs", "nworkers",
                      "procs", "rmprocs", "shutdown", "workers"], "cluster"),
-    **dict.fromkeys(["pmap", "preduce"], "mapping"),
+    **dict.fromkeys(["imap", "pmap", "preduce"], "mapping"),
     **dict.fromkeys(["ClusterExecutor", "WorkerLostError"], "executor"),
     **dict.fromkeys(["fetch_async", "pmap_async", "remotecall_async", "spawnat_async"], "aio"),
     **dict.fromkeys(["Session", "attach_session", "list_sessions", "resume_session", "start_session"],

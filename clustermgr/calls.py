@@ -4,14 +4,18 @@ A call is one CALL message; its Future's id is the message id, so the RESULT tha
 it finds the Future directly.  Results are stored, still serialized, in the caller's
 process and deserialized by the first ``fetch`` in the fetching thread.  A Future pickled
 to another process becomes a reference ``(owner, id, where)``; fetching it there asks the
-owner, which answers when the value is in.
+owner, which answers when the value is in.  The owner keeps a Future other processes
+reference until the last of them drops it (``refs.py``); so does a channel's owner.
 """
 
 from __future__ import annotations
 
+import linecache
+import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 from . import serialize
@@ -56,13 +60,32 @@ class ErrorPayload:
                 cause = serialize.loads(self.exc_frames)
             except Exception:  # noqa: BLE001 - class missing here: use the text
                 cause = None
+        tb = fill_source(self.tb)
         if cause is None:
-            cause = RemoteTraceback(self.tb)
+            cause = RemoteTraceback(tb)
         else:
-            cause.__cause__ = RemoteTraceback(self.tb)
+            cause.__cause__ = RemoteTraceback(tb)
         err = RemoteError(self.worker_id, f"{self.type_name}: {self.message}")
         err.__cause__ = cause
         return err
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def fill_source(tb: str) -> str:
+    """Add the source lines a remote process could not read (the user's script is not on
+    its host) to a formatted traceback, from this process's copy of the files."""
+    lines = tb.splitlines(keepends=True)
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m and not (k + 1 < len(lines) and lines[k + 1].startswith("    ")):
+            source = linecache.getline(m["file"], int(m["line"])).strip()
+            if source:
+                out.append(f"    {source}\n")
+    return "".join(out)
 
 
 def local_error(exc: BaseException) -> RemoteError:
@@ -88,14 +111,16 @@ class Future:
     """The eventual result of a remote call (or of a Future owned by another process).
 
     ``where`` is the process that computes the value; ``owner`` the process that stores it
-    (the caller).  Thread-safe.  Users get Futures from ``remotecall``/``spawnat``.
+    (the caller).  Thread-safe.  Users get Futures from ``remotecall``/``spawnat``, or make
+    one with ``Future()``: a remote reference with no call behind it, owned by this
+    process, set once with :meth:`put` (from any process) and fetched from any process.
     """
 
-    def __init__(self, where: int, *, node: Node | None = None, owner: int | None = None,
-                 fid: int | None = None) -> None:
+    def __init__(self, where: int | None = None, *, node: Node | None = None,
+                 owner: int | None = None, fid: int | None = None) -> None:
         self._node = node or get_node()
-        self.where = where
         self.owner = self._node.myid if owner is None else owner
+        self.where = self.owner if where is None else where
         self.id = self._node.next_id() if fid is None else fid
         self._event = threading.Event()
         self._lock = threading.Lock()
@@ -110,27 +135,37 @@ class Future:
         state = "ready" if self._event.is_set() else "pending"
         return f"<Future {self.owner}:{self.id} where={self.where} {state}>"
 
-    # completion (I/O thread or the local executor)
+    # completion (I/O thread or the local executor); the first outcome wins
     def _set_frames(self, frames: list, flags: int, src: int) -> None:
-        self._frames, self._flags = frames, flags
-        self._finish()
+        self._settle(frames, flags, _UNSET, None)
 
-    def _set_value(self, value: Any) -> None:
-        self._value = value
-        self._finish()
+    def _set_value(self, value: Any) -> bool:
+        return self._settle(None, 0, value, None)
 
     def _set_exception(self, exc: BaseException) -> None:
-        self._exception = exc
-        self._finish()
+        self._settle(None, 0, _UNSET, exc)
 
-    def _finish(self) -> None:
+    def _settle(self, frames: list | None, flags: int, value: Any, exc: BaseException | None) -> bool:
         with self._lock:
             if self._event.is_set():
-                return
+                return False
+            self._frames, self._flags, self._value, self._exception = frames, flags, value, exc
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb(self)
+        return True
+
+    def put(self, value: Any) -> None:
+        """Set the value, once (``InvalidStateError`` after that), from any process: the
+        value is stored on the owner, where every process fetches it."""
+        if self.owner != self._node.myid:
+            if not remotecall_fetch(_put_future, self.owner, self.id, value):
+                raise InvalidStateError(f"{self!r} already has a value; a Future is set once")
+        elif not self._set_value(value):
+            raise InvalidStateError(f"{self!r} already has a value; a Future is set once")
+
+    set_result = put
 
     def add_done_callback(self, fn: Callable[[Future], None]) -> None:
         """Call ``fn(future)`` once the value is in (at once if it is already)."""
@@ -140,12 +175,12 @@ class Future:
                 return
         fn(self)
 
-    def _raw_frames(self) -> tuple[list, int] | None:
-        """Serialized value for another process, or None when the outcome is an exception."""
+    def _raw_frames(self, dest: int) -> tuple[list, int] | None:
+        """Serialized value for process *dest*, or None when the outcome is an exception."""
         if self._frames is not None:
             return self._frames, self._flags
         if self._value is not _UNSET:
-            return serialize.dumps(self._value), Flag.NONE
+            return serialize.dumps(self._value, dest), Flag.NONE
         return None
 
     # user API
@@ -231,27 +266,38 @@ class Future:
             return self._proxy
 
     def __reduce__(self):
-        if self.owner == self._node.myid:
-            self._node.exported[self.id] = self
+        mine = self.owner == self._node.myid
+        self._node.refs.sent(self.owner, "f", self.id, self if mine else None)
         return _rebuild_future, (self.owner, self.id, self.where)
 
 
 def _rebuild_future(owner: int, fid: int, where: int) -> Future:
     node = get_node()
-    if owner == node.myid:
-        fut = node.exported.get(fid)
-        if fut is not None:
-            return fut
-    return Future(where, node=node, owner=owner, fid=fid)
+    fut = node.refs.rebuilt(owner, "f", fid, lambda: Future(where, node=node, owner=owner, fid=fid))
+    if fut is None:  # came home after its owner let it go: cannot happen while counted
+        fut = Future(where, node=node, owner=owner, fid=fid)
+        fut._set_exception(ClusterError(f"Future {owner}:{fid} was released by its owner"))
+    return fut
+
+
+def _put_future(fid: int, value: Any) -> bool:
+    """On the owner: set a Future another process holds; False if it was set already."""
+    fut = get_node().refs.lookup("f", fid)
+    if fut is None:
+        raise ClusterError(f"Future {fid} is unknown to its owner")
+    return fut._set_value(value)
 
 
 # --- calls -----------------------------------------------------------------------------
 
-def remotecall(f: Callable, wid: int, *args: Any, **kwargs: Any) -> Future:
-    """Run ``f(*args, **kwargs)`` on process *wid*; return a Future at once.
+def remotecall(f: Callable, wid: Any, *args: Any, **kwargs: Any) -> Future:
+    """Run ``f(*args, **kwargs)`` on process *wid* (or on a free worker of the pool *wid*);
+    return a Future at once.
 
     Pickling errors of *f* or its arguments raise here, in the caller.
     """
+    if _is_pool(wid):
+        return wid.remotecall(f, *args, **kwargs)
     node = get_node()
     wid = _check_id(wid)
     fut = Future(wid, node=node)
@@ -259,41 +305,52 @@ def remotecall(f: Callable, wid: int, *args: Any, **kwargs: Any) -> Future:
         node.run_here(fut, f, args, kwargs)
         return fut
     node.check_target(wid)
-    frames = serialize.dumps((f, args, kwargs))
+    frames = serialize.dumps((f, args, kwargs), wid)
     node.track(fut, wid)
     node.send([pack_header(Kind.CALL, Flag.WANT_VALUE, node.myid, wid, fut.id, 0), *frames])
     return fut
 
 
-def remotecall_fetch(f: Callable, wid: int, *args: Any, **kwargs: Any) -> Any:
+def remotecall_fetch(f: Callable, wid: Any, *args: Any, **kwargs: Any) -> Any:
     """``remotecall(...).fetch()``: run and return the value (raise its error)."""
     return remotecall(f, wid, *args, **kwargs).fetch()
 
 
-def remotecall_wait(f: Callable, wid: int, *args: Any, **kwargs: Any) -> Future:
-    """Run and wait for completion; return the (ready) Future.  Errors surface at fetch."""
+def remotecall_wait(f: Callable, wid: Any, *args: Any, **kwargs: Any) -> Future:
+    """Run and wait for completion; return the (ready) Future.  Raises the call's error,
+    as Julia's does (code run for its side effects must not lose errors)."""
     fut = remotecall(f, wid, *args, **kwargs)
     fut.wait()
+    if fut._exception is not None or fut._flags & Flag.ERROR:
+        fut._outcome()  # raises, without decoding a value that is not an error
     return fut
 
 
-def remote_do(f: Callable, wid: int, *args: Any, **kwargs: Any) -> None:
+def remote_do(f: Callable, wid: Any, *args: Any, **kwargs: Any) -> None:
     """Fire and forget: nothing comes back; an error is printed by the worker (to its
-    stderr, which is forwarded to the master)."""
+    stderr, which is forwarded to the master).  *wid* may be a pool."""
+    if _is_pool(wid):
+        wid.remote_do(f, *args, **kwargs)
+        return
     node = get_node()
     wid = _check_id(wid)
     if wid == node.myid:
         node.run_here(None, f, args, kwargs)
         return
     node.check_target(wid)
-    frames = serialize.dumps((f, args, kwargs))
+    frames = serialize.dumps((f, args, kwargs), wid)
     node.send([pack_header(Kind.CALL, Flag.NONE, node.myid, wid, node.next_id(), 0), *frames])
 
 
 def spawnat(wid: int | str, f: Callable, *args: Any, **kwargs: Any) -> Future:
-    """``remotecall`` with the process first; ``"any"`` picks the least busy worker."""
+    """``remotecall`` with the process first; ``"any"`` picks the least busy worker (the
+    master when there are none, as pmap and remote do)."""
     if wid == "any":
-        wid = get_node().least_busy()
+        node = get_node()
+        try:
+            wid = node.least_busy()
+        except ClusterError:  # nobody else to run on
+            wid = node.myid
     elif isinstance(wid, str):
         raise ValueError(f'spawnat takes a worker id or "any", not {wid!r}')
     return remotecall(f, wid, *args, **kwargs)
@@ -304,6 +361,14 @@ def fetch(x: Any, timeout: float | None = None) -> Any:
     if isinstance(x, (Future, RemoteChannel)):
         return x.fetch(timeout)
     return x
+
+
+def _is_pool(target: Any) -> bool:
+    if isinstance(target, int):
+        return False
+    from .pools import WorkerPool
+
+    return isinstance(target, WorkerPool)
 
 
 def _check_id(wid: Any) -> int:
@@ -317,24 +382,47 @@ def _check_id(wid: Any) -> int:
 class RemoteChannel:
     """A FIFO channel stored on process *owner*, usable from every process of the cluster.
 
-    ``maxsize=0`` is unbounded; with ``maxsize=k`` a ``put`` blocks while k items wait.
+    ``RemoteChannel(owner=1, maxsize=0)``: ``maxsize=0`` is unbounded (Python's ``queue``
+    convention; Julia's ``RemoteChannel()`` holds one item: pass ``maxsize=1`` for that);
+    with ``maxsize=k`` a ``put`` blocks while k items wait.  ``rendezvous=True`` is
+    Julia's ``Channel(0)``: a ``put`` blocks until a ``take`` has the item.
+    ``RemoteChannel(factory, owner)`` stores ``factory()`` (called on *owner*) instead: any
+    ``queue.Queue``-like object (``put``/``get`` with ``block``/``timeout``, ``qsize``),
+    e.g. ``lambda: queue.PriorityQueue(100)``, as Julia's ``RemoteChannel(f, pid)``.
+
     Every blocking method takes a ``timeout`` (``TimeoutError``; the item is not lost).
     After ``close()``, ``put`` raises ``ChannelClosedError``; ``take``/``fetch`` drain what
-    is left and then raise it; iteration stops.
+    is left and then raise it; iteration stops.  A put stores the value as it is at the
+    put.  The owner frees the channel, with its items, once no process holds a handle.
     """
 
-    def __init__(self, owner: int = 1, maxsize: int = 0) -> None:
-        if maxsize < 0:
-            raise ValueError("maxsize must be >= 0 (0 means unbounded)")
+    def __init__(self, owner_or_factory: int | Callable[[], Any] | None = None, maxsize: int = 0,
+                 *, owner: int | None = None, rendezvous: bool = False) -> None:
+        factory = None
+        if callable(owner_or_factory):  # RemoteChannel(factory, owner) as in Julia
+            factory = owner_or_factory
+            owner = owner if owner is not None else (maxsize or 1)
+            maxsize = 0
+        elif owner_or_factory is not None:
+            if owner is not None:
+                raise TypeError("RemoteChannel() got the owner twice")
+            owner = owner_or_factory
+        owner = 1 if owner is None else owner
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError("maxsize must be an int >= 0 (0 means unbounded)")
+        if rendezvous and (maxsize or factory):
+            raise ValueError("a rendezvous channel holds no items: pass no maxsize or factory")
         node = get_node()
         self.owner = _check_id(owner)
         self.maxsize = maxsize
         self.cid = f"{node.myid}:{node.next_id()}"
+        spec = (maxsize, rendezvous, factory)
         if self.owner == node.myid:
-            node.channels.create(self.cid, maxsize)
+            node.channels.create(self.cid, spec, node.myid)
         else:
             node.check_target(self.owner)
-            self._op("create", maxsize, CONTROL_TIMEOUT)
+            self._op("create", spec, CONTROL_TIMEOUT)
+        node.refs.adopt(self.owner, "c", self.cid, self)
 
     def __repr__(self) -> str:
         return f"<RemoteChannel {self.cid} owner={self.owner} maxsize={self.maxsize}>"
@@ -350,6 +438,10 @@ class RemoteChannel:
 
     def isready(self) -> bool:
         return self._op("isready", None, CONTROL_TIMEOUT)
+
+    def isopen(self) -> bool:
+        """False once the channel was closed (items may still wait to be taken)."""
+        return self._op("isopen", None, CONTROL_TIMEOUT)
 
     def __len__(self) -> int:
         return self._op("len", None, CONTROL_TIMEOUT)
@@ -382,10 +474,14 @@ class RemoteChannel:
         return fut.fetch()
 
     def __reduce__(self):
+        get_node().refs.sent(self.owner, "c", self.cid)
         return _rebuild_channel, (self.owner, self.cid, self.maxsize)
 
 
 def _rebuild_channel(owner: int, cid: str, maxsize: int) -> RemoteChannel:
-    chan = RemoteChannel.__new__(RemoteChannel)
-    chan.owner, chan.cid, chan.maxsize = owner, cid, maxsize
-    return chan
+    def make() -> RemoteChannel:
+        chan = RemoteChannel.__new__(RemoteChannel)
+        chan.owner, chan.cid, chan.maxsize = owner, cid, maxsize
+        return chan
+
+    return get_node().refs.rebuilt(owner, "c", cid, make)

@@ -11,6 +11,7 @@ waiting (no item is lost).
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,13 @@ def _closed(cid: str) -> ChannelClosedError:
 
 
 class Channel:
-    """A FIFO with optional bound (``maxsize=0``: unbounded)."""
+    """A FIFO with optional bound (``maxsize=0``: unbounded).  A *rendezvous* channel
+    holds no items: a put waits until a take has its item (Julia's ``Channel(0)``)."""
 
-    def __init__(self, cid: str, maxsize: int) -> None:
+    def __init__(self, cid: str, maxsize: int, rendezvous: bool = False) -> None:
         self.cid = cid
         self.maxsize = maxsize
+        self.rendezvous = rendezvous
         self.items: collections.deque[Any] = collections.deque()
         self.closed = False
         self.getters: collections.deque[Waiter] = collections.deque()
@@ -53,7 +56,7 @@ class Channel:
             if self.getters:
                 wake.append((self.getters.popleft(), item))
                 outcome: Outcome = (True, True, None)
-            elif not self.maxsize or len(self.items) < self.maxsize:
+            elif not self.rendezvous and (not self.maxsize or len(self.items) < self.maxsize):
                 self.items.append(item)
                 outcome = (True, True, None)
             else:
@@ -72,6 +75,9 @@ class Channel:
                     next_item, moved = self.putters.popleft()
                     self.items.append(next_item)
                 outcome: Outcome = (True, True, item)
+            elif self.putters:  # a rendezvous: the waiting put hands its item over
+                item, moved = self.putters.popleft()
+                outcome = (True, True, item)
             elif self.closed:
                 return True, False, _closed(self.cid)
             else:
@@ -85,16 +91,21 @@ class Channel:
         with self.lock:
             if self.items:
                 return True, True, self.items[0]
+            if self.putters:  # a rendezvous: the value a put is offering
+                return True, True, self.putters[0][0]
             if self.closed:
                 return True, False, _closed(self.cid)
             self.fetchers.append(waiter)
             return _WAITING
 
     def isready(self, _arg: Any, _waiter: Waiter) -> Outcome:
-        return True, True, bool(self.items)
+        return True, True, bool(self.items or self.putters)
+
+    def isopen(self, _arg: Any, _waiter: Waiter) -> Outcome:
+        return True, True, not self.closed
 
     def length(self, _arg: Any, _waiter: Waiter) -> Outcome:
-        return True, True, len(self.items)
+        return True, True, len(self.items) + (len(self.putters) if self.rendezvous else 0)
 
     def close(self, _arg: Any, _waiter: Waiter) -> Outcome:
         with self.lock:
@@ -121,8 +132,102 @@ class Channel:
         return False
 
 
-OPS = {"put": Channel.put, "take": Channel.take, "fetch": Channel.fetch,
-       "isready": Channel.isready, "len": Channel.length, "close": Channel.close}
+class QueueChannel:
+    """A channel over a user's ``queue.Queue``-like object (``RemoteChannel(factory,
+    owner)``).  Non-blocking attempts run under this channel's lock, so a timed-out
+    operation is withdrawn atomically (no item is lost or put twice); a blocked operation
+    retries in its own thread whenever this channel changes, and at least every 10 ms
+    (the object may change by itself)."""
+
+    RETRY = 0.01
+
+    def __init__(self, cid: str, obj: Any) -> None:
+        if not (hasattr(obj, "put") and hasattr(obj, "get")):
+            raise TypeError(f"a RemoteChannel factory returns a queue.Queue-like object (put, "
+                            f"get, qsize), not {type(obj).__qualname__}")
+        self.cid, self.obj = cid, obj
+        self.closed = False
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.blocked: dict[Any, bool] = {}  # waiter -> still wanted
+
+    def _try(self, op: str, item: Any) -> tuple[bool, Any]:
+        """One non-blocking attempt, lock held: (done, value)."""
+        try:
+            if op == "put":
+                self.obj.put(item, block=False)
+                return True, None
+            if op == "take":
+                return True, self.obj.get(block=False)
+            with self.obj.mutex:  # fetch: peek at the head (queue.Queue and its kin)
+                return (True, self.obj.queue[0]) if len(self.obj.queue) else (False, None)
+        except (queue.Empty, queue.Full):
+            return False, None
+        except AttributeError:
+            raise TypeError(f"fetch needs a queue.Queue-like object with .queue and .mutex; "
+                            f"{type(self.obj).__qualname__} has none: use take") from None
+
+    def _op(self, op: str, item: Any, waiter: Waiter) -> Outcome:
+        with self.lock:
+            if self.closed and op == "put":
+                return True, False, _closed(self.cid)
+            done, value = self._try(op, item)
+            if done:
+                self.changed.notify_all()
+                return True, True, value
+            if self.closed:
+                return True, False, _closed(self.cid)
+            self.blocked[waiter] = True
+        threading.Thread(target=self._wait, args=(op, item, waiter), daemon=True,
+                         name="clustermgr-channel").start()
+        return _WAITING
+
+    def _wait(self, op: str, item: Any, waiter: Waiter) -> None:
+        with self.lock:
+            while True:
+                if not self.blocked.get(waiter):
+                    return  # withdrawn (timed out) or answered by close()
+                done, value = self._try(op, item)
+                if done or self.closed:
+                    del self.blocked[waiter]
+                    self.changed.notify_all()
+                    break
+                self.changed.wait(self.RETRY)
+        waiter(True, value) if done else waiter(False, _closed(self.cid))
+
+    def put(self, item: Any, waiter: Waiter) -> Outcome:
+        return self._op("put", item, waiter)
+
+    def take(self, _arg: Any, waiter: Waiter) -> Outcome:
+        return self._op("take", None, waiter)
+
+    def fetch(self, _arg: Any, waiter: Waiter) -> Outcome:
+        return self._op("fetch", None, waiter)
+
+    def isready(self, _arg: Any, _waiter: Waiter) -> Outcome:
+        with self.lock:
+            return True, True, self.obj.qsize() > 0
+
+    def isopen(self, _arg: Any, _waiter: Waiter) -> Outcome:
+        return True, True, not self.closed
+
+    def length(self, _arg: Any, _waiter: Waiter) -> Outcome:
+        with self.lock:
+            return True, True, self.obj.qsize()
+
+    def close(self, _arg: Any, _waiter: Waiter) -> Outcome:
+        with self.lock:
+            self.closed = True
+            self.changed.notify_all()  # blocked takes of an empty queue now fail
+        return True, True, None
+
+    def cancel(self, waiter: Waiter) -> bool:
+        with self.lock:
+            return self.blocked.pop(waiter, False)
+
+
+OPS = {"put": "put", "take": "take", "fetch": "fetch", "isready": "isready",
+       "isopen": "isopen", "len": "length", "close": "close"}
 
 
 class ChannelStore:
@@ -133,8 +238,13 @@ class ChannelStore:
         self.channels: dict[str, Channel] = {}
         self.remote_waiters: dict[tuple[int, int], tuple[Channel, Waiter]] = {}
 
-    def create(self, cid: str, maxsize: int) -> Channel:
-        return self.channels.setdefault(cid, Channel(cid, maxsize))
+    def create(self, cid: str, spec: tuple[int, bool, Callable[[], Any] | None], creator: int) -> None:
+        """Make channel *cid*; its creator holds the first handle (``refs.py``)."""
+        maxsize, rendezvous, factory = spec
+        if cid not in self.channels:
+            self.channels[cid] = QueueChannel(cid, factory()) if factory is not None \
+                else Channel(cid, maxsize, rendezvous)
+            self.node.refs._count("c", cid, None, creator, 1)
 
     def get(self, cid: str) -> Channel:
         try:
@@ -147,7 +257,7 @@ class ChannelStore:
         """A blocking operation by a thread of the owner process."""
         chan = self.get(cid)
         if op == "put":  # the value as it is now, as a put from another process stores it
-            arg = serialize.loads(serialize.dumps(arg))
+            arg = serialize.loads(serialize.dumps(arg, self.node.myid))
         done = threading.Event()
         box: list[tuple[bool, Any]] = []
 
@@ -155,7 +265,7 @@ class ChannelStore:
             box.append((ok, value))
             done.set()
 
-        now, ok, value = OPS[op](chan, arg, waiter)
+        now, ok, value = _op(chan, op)(arg, waiter)
         if not now:
             if not done.wait(timeout) and chan.cancel(waiter):
                 raise TimeoutError(f"RemoteChannel {cid}: {op} timed out after {timeout} s")
@@ -171,7 +281,7 @@ class ChannelStore:
         try:
             op, cid, arg = serialize.loads(frames[1:])
             if op == "create":
-                self.create(cid, arg)
+                self.create(cid, arg, hdr.src)
                 self.node.reply(hdr, None)
             elif op == "cancel":
                 self._cancel(hdr.src, arg)
@@ -188,7 +298,7 @@ class ChannelStore:
             self.node.reply(hdr, value, error=not ok)
 
         self.remote_waiters[key] = (chan, waiter)
-        now, ok, value = OPS[op](chan, arg, waiter)
+        now, ok, value = _op(chan, op)(arg, waiter)
         if now:
             self.remote_waiters.pop(key, None)
             self.node.reply(hdr, value, error=not ok)
@@ -198,8 +308,20 @@ class ChannelStore:
         if entry is not None and entry[0].cancel(entry[1]):
             entry[1](False, TimeoutError("RemoteChannel operation timed out"))
 
+    def free(self, cid: str) -> None:
+        """No process holds a handle on channel *cid* any more (``refs.py``): forget it,
+        with its items."""
+        self.channels.pop(cid, None)
+
     def drop_peer(self, wid: int) -> None:
         """A peer died: withdraw its blocked operations so no item goes to the dead."""
         for key in [k for k in self.remote_waiters if k[0] == wid]:
             chan, waiter = self.remote_waiters.pop(key)
             chan.cancel(waiter)
+
+
+def _op(chan: Channel | QueueChannel, op: str) -> Callable[[Any, Waiter], Outcome]:
+    try:
+        return getattr(chan, OPS[op])
+    except KeyError:
+        raise ClusterError(f"unknown RemoteChannel operation {op!r}") from None

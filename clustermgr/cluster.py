@@ -20,6 +20,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ClusterError, LaunchError
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport has the same class
+    from exceptiongroup import ExceptionGroup
 from .managers.base import ClusterManager, LaunchSpec, ManageOp
 from .managers.local import LocalManager
 from .master import Launch, MasterNode
@@ -251,14 +254,31 @@ def _ping_all(peers: list[int]) -> None:
         fut.fetch(60.0)
 
 
-def rmprocs(*ids: int | Iterable[int], waitfor: float = 10.0) -> None:
+#: How long a removal with ``waitfor=0`` lets the workers leave before killing them.
+BACKGROUND_GRACE = 10.0
+
+
+def rmprocs(*ids: int | Iterable[int], waitfor: float = 10.0) -> threading.Thread | None:
     """Remove workers: ask each to exit, wait up to *waitfor* seconds, then kill the rest.
 
     Their outstanding calls fail with ``ProcessExitedError`` ("removed by rmprocs").
+    ``waitfor=0`` returns at once, as Julia's does: the removal goes on in the returned
+    (daemon) thread, which kills workers still there after ``BACKGROUND_GRACE`` seconds.
     """
     m = master()
     targets = [_worker_for_removal(m, wid) for wid in _flatten(ids)]
     targets = [w for w in targets if w is not None]
+    if waitfor == 0:
+        thread = threading.Thread(target=_remove, args=(m, targets, BACKGROUND_GRACE),
+                                  name="clustermgr-rmprocs", daemon=True)
+        thread.start()
+        return thread
+    _remove(m, targets, waitfor)
+    return None
+
+
+def _remove(m: MasterNode, targets: list, waitfor: float) -> None:
+    """Ask *targets* to leave, give them *waitfor* seconds, then kill what is left."""
 
     def ask() -> None:
         for w in targets:
@@ -374,7 +394,19 @@ def everywhere(fn_or_source: Callable | str, *args: Any, procs: Iterable[int] | 
         futs = [remotecall(fn_or_source, p, *args) for p in targets]
     else:
         raise TypeError(f"everywhere takes a callable or a string of source, not {fn_or_source!r}")
-    return [f.fetch(timeout) for f in futs]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    results, errors = [], []
+    for p, fut in zip(targets, futs, strict=True):
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            results.append(fut.fetch(left))
+        except Exception as exc:  # noqa: BLE001 - every process's error is collected
+            errors.append((p, exc))
+    if errors:
+        failed = ", ".join(str(p) for p, _ in errors)
+        raise ExceptionGroup(f"everywhere: {len(errors)} of {len(targets)} processes failed "
+                             f"(process {failed})", [exc for _, exc in errors])
+    return results
 
 
 def _all_procs() -> list[int]:

@@ -39,7 +39,7 @@ def execute(node: Node, hdr: Header, frames: list) -> None:
     else:
         if not want_reply:
             return
-        out, flags = _encode_value(node, value)
+        out, flags = _encode_value(node, value, hdr.src)
     flush_std()  # output the task wrote reaches the caller before its result
     node.send([pack_header(Kind.RESULT, flags, node.myid, hdr.src, 0, hdr.id), *out])
 
@@ -66,9 +66,9 @@ def _decode_call(frames: list) -> tuple[Callable, tuple, dict]:
                            "(is the module that defines it importable here?)") from exc
 
 
-def _encode_value(node: Node, value: Any) -> tuple[list, int]:
+def _encode_value(node: Node, value: Any, dest: int) -> tuple[list, int]:
     try:
-        return serialize.dumps(value), Flag.NONE
+        return serialize.dumps(value, dest), Flag.NONE
     except Exception as exc:  # noqa: BLE001
         err = ClusterError(f"the result ({type(value).__qualname__}) could not be pickled: {exc!r}")
         err.__cause__ = exc

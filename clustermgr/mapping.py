@@ -8,12 +8,13 @@ raised.  Results come back in input order, each exactly once.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import math
 import queue
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import ClusterError, ProcessExitedError, RemoteError
@@ -138,7 +139,9 @@ class _PMap:
         self.node = get_node()
         self.wake = Signal()  # set by each completion; see _next_completion
         self.remaining = len(items)
-        self.shipped = FunctionCache()
+        cache = pool.function_cache()  # a CachingPool ships f once per worker, across maps
+        self.own_cache = cache is None
+        self.shipped = FunctionCache() if cache is None else cache
         self.bar = None
         if progress:
             from .executor import progress_bar
@@ -154,7 +157,8 @@ class _PMap:
                 self._handle(self._next_completion())
             return self.results
         finally:
-            self.shipped.clear()
+            if self.own_cache:
+                self.shipped.clear()
             if self.bar is not None:
                 self.bar.close()
 
@@ -272,6 +276,94 @@ class _PMap:
     def _show(self) -> None:
         if self.bar is not None and (self.failed or self.retried):
             self.bar.set_postfix(failed=self.failed, retried=self.retried, refresh=False)
+
+
+def imap(f: Callable, *iterables: Iterable, ordered: bool = True, pool: WorkerPool | None = None,
+         in_flight: int | None = None, timeout: float | None = None) -> Iterator[Any]:
+    """Lazy parallel map (Julia's ``pgenerate``; multiprocessing's ``imap`` and, with
+    ``ordered=False``, ``imap_unordered``): yields ``f(*args)`` for ``args`` in
+    ``zip(*iterables)``, computed on the workers of *pool*.
+
+    The input is consumed as results are taken, with at most *in_flight* calls started and
+    not yet yielded (default: 2 per worker), so memory stays bounded on an infinite
+    generator.  ``ordered=True`` yields in input order; ``False`` as the calls complete.
+    *timeout* bounds the wait for each next result (``TimeoutError``).  The first error
+    is raised (a ``RemoteError`` or ``ProcessExitedError``, as in pmap).
+    """
+    if not iterables:
+        raise TypeError("imap() needs at least one iterable")
+    if in_flight is not None and (isinstance(in_flight, bool) or not isinstance(in_flight, int)
+                                  or in_flight < 1):
+        raise ValueError(f"in_flight must be a positive int, not {in_flight!r}")
+    p = pool if pool is not None else default_worker_pool()
+    return _IMap(f, zip(*iterables, strict=False), ordered, p, in_flight, timeout).run()
+
+
+class _IMap:
+    """One imap's state; its generator runs in the consuming thread."""
+
+    def __init__(self, f: Callable, source: Iterator[tuple], ordered: bool, pool: WorkerPool,
+                 in_flight: int | None, timeout: float | None) -> None:
+        self.f, self.source, self.ordered, self.pool, self.timeout = f, source, ordered, pool, timeout
+        self.window = in_flight or PREFETCH * max(1, len(pool.workers()))
+        cache = pool.function_cache()
+        self.own_cache = cache is None
+        self.shipped = FunctionCache() if cache is None else cache
+        self.node = get_node()
+        self.started: collections.deque[tuple[Future, int]] = collections.deque()  # ordered
+        self.done_q: queue.SimpleQueue = queue.SimpleQueue()  # unordered
+        self.wake = Signal()
+        self.load: dict[int, int] = {}
+        self.inflight = 0
+        self.exhausted = False
+
+    def run(self) -> Iterator[Any]:
+        try:
+            while True:
+                self._fill()
+                if not self.inflight:
+                    return
+                fut, wid = self._next()
+                self.inflight -= 1
+                self.load[wid] -= 1
+                yield fut.fetch()
+        finally:
+            if self.own_cache:
+                self.shipped.clear()
+
+    def _fill(self) -> None:
+        while not self.exhausted and self.inflight < self.window:
+            try:
+                args = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                return
+            ids = self.pool.workers()
+            if not ids:
+                raise ClusterError("imap: every worker of the pool is gone")
+            wid = min(ids, key=lambda w: self.load.get(w, 0))
+            fut = remotecall(self.shipped.ref(self.f, wid), wid, *args)
+            self.inflight += 1
+            self.load[wid] = self.load.get(wid, 0) + 1
+            if self.ordered:
+                self.started.append((fut, wid))
+            else:
+                fut.add_done_callback(lambda fut, wid=wid: self._completed((fut, wid)))
+
+    def _completed(self, entry: tuple[Future, int]) -> None:
+        self.done_q.put(entry)
+        self.wake.set()
+
+    def _next(self) -> tuple[Future, int]:
+        if self.ordered:
+            fut, wid = self.started.popleft()
+            if not self.node.block_until(fut, self.timeout):
+                raise TimeoutError(f"imap: no result within timeout={self.timeout} s")
+            return fut, wid
+        self.wake = wake = Signal()
+        if self.done_q.empty() and not self.node.block_until(wake, self.timeout):
+            raise TimeoutError(f"imap: no result within timeout={self.timeout} s")
+        return self.done_q.get_nowait()
 
 
 def preduce(op: Callable[[Any, Any], Any], f: Callable[[Any], Any], iterable: Iterable,

@@ -2,8 +2,10 @@
 
 ``WorkerPool`` hands out each worker to one call at a time.  ``CachingPool`` also ships each
 function once per worker and afterwards sends only a key (big closures, big captured
-arrays).  The default pool follows the cluster: workers join it as they join and leave it
-as they die.
+arrays); ``pmap`` over it uses the same cache.  The default pool follows the cluster:
+workers join it as they join and leave it as they die.  A pool sent to another process
+stays on its owner, as in Julia: there it is a proxy whose ``take``/``put`` ask the owner
+(``refs.py`` keeps the pool alive while proxies exist).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 
 import cloudpickle
 
+from . import serialize
 from .errors import ClusterError
 from .calls import Future, remotecall
 
 _FN_CACHE: dict[str, Callable] = {}
 _keys = itertools.count(1)
+_pool_ids = itertools.count(1)
 
 
 def _alive(wid: int) -> bool:
@@ -41,6 +45,7 @@ class WorkerPool:
             raise ValueError("a WorkerPool needs at least one worker id")
         self._free = collections.deque(self._ids)
         self._cond = threading.Condition()
+        self._ref = _new_ref()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.workers()})"
@@ -83,7 +88,23 @@ class WorkerPool:
         with self._cond:
             if wid in self._ids and wid not in self._free:
                 self._free.append(wid)
-                self._cond.notify()
+                self._cond.notify_all()
+
+    def isready(self) -> bool:
+        """True when a worker of the pool is free (``take`` would not block)."""
+        with self._cond:
+            return any(_alive(w) for w in self._free)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a worker is free; False when *timeout* seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not any(_alive(w) for w in self._free):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            return True
 
     def wrap(self, f: Callable, wid: int) -> Callable | CachedFunction:
         """What to send to *wid* for *f* (the CachingPool sends a key)."""
@@ -104,9 +125,35 @@ class WorkerPool:
         return self.remotecall(f, *args, **kwargs).fetch()
 
     def remotecall_wait(self, f: Callable, *args: Any, **kwargs: Any) -> Future:
-        fut = self.remotecall(f, *args, **kwargs)
-        fut.wait()
-        return fut
+        from .calls import remotecall_wait
+
+        wid = self.take()
+        try:
+            return remotecall_wait(self.wrap(f, wid), wid, *args, **kwargs)
+        finally:
+            self.put(wid)
+
+    def remote_do(self, f: Callable, *args: Any, **kwargs: Any) -> None:
+        """Fire and forget on a free worker, which goes back to the pool at once."""
+        from .calls import remote_do
+
+        wid = self.take()
+        try:
+            remote_do(self.wrap(f, wid), wid, *args, **kwargs)
+        finally:
+            self.put(wid)
+
+    def function_cache(self) -> FunctionCache | None:
+        """The cache pmap ships functions through (a CachingPool's own), or None."""
+        return None
+
+    def __reduce__(self):
+        from .calls import get_node
+
+        owner, pid = self._ref
+        node = get_node()
+        node.refs.sent(owner, "p", pid, self if owner == node.myid else None)
+        return _rebuild_pool, (owner, pid, self.function_cache() is not None)
 
 
 class CachingPool(WorkerPool):
@@ -120,7 +167,11 @@ class CachingPool(WorkerPool):
     def wrap(self, f: Callable, wid: int) -> Callable | CachedFunction:
         return self._shipped.ref(f, wid)
 
+    def function_cache(self) -> FunctionCache:
+        return self._shipped
+
     def clear(self) -> None:
+        """Free the workers' copies of the functions this pool shipped."""
         self._shipped.clear()
 
 
@@ -139,8 +190,8 @@ class FunctionCache:
             return f  # a call to this process is not serialized
         with self._lock:
             entry = self._by_fn.get(id(f))
-            if entry is None:
-                entry = (f"{id(self)}-{next(_keys)}", cloudpickle.dumps(f, protocol=5), f)
+            if entry is None:  # keys name this process: workers cache for many senders
+                entry = (f"{myid()}-{id(self)}-{next(_keys)}", serialize.pickle_bytes(f), f)
                 self._by_fn[id(f)] = entry
             key, payload, _ = entry
             if (key, wid) in self._shipped:
@@ -200,6 +251,7 @@ class _DefaultPool(WorkerPool):
         self._ids = []
         self._free = collections.deque()
         self._cond = threading.Condition()
+        self._ref = _new_ref()
 
     def workers(self) -> list[int]:
         from .cluster import workers
@@ -216,6 +268,73 @@ class _DefaultPool(WorkerPool):
     def take(self, timeout: float | None = None) -> int:
         self.workers()
         return super().take(timeout)
+
+
+class _PoolProxy(WorkerPool):
+    """A pool owned by another process, as seen here: each operation asks the owner."""
+
+    def __init__(self, owner: int, pid: int, caching: bool) -> None:
+        self._ref = (owner, pid)
+        self._shipped = FunctionCache() if caching else None
+
+    def __repr__(self) -> str:
+        return f"<pool {self._ref[1]} of process {self._ref[0]}>"
+
+    def _ask(self, method: str, *args: Any) -> Any:
+        from .calls import remotecall_fetch
+
+        return remotecall_fetch(_pool_call, self._ref[0], self._ref[1], method, *args)
+
+    def workers(self) -> list[int]:
+        return self._ask("workers")
+
+    def add(self, wid: int) -> None:
+        self._ask("add", wid)
+
+    def take(self, timeout: float | None = None) -> int:
+        return self._ask("take", timeout)
+
+    def put(self, wid: int) -> None:
+        from .calls import remote_do
+
+        remote_do(_pool_call, self._ref[0], self._ref[1], "put", wid)
+
+    def isready(self) -> bool:
+        return self._ask("isready")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ask("wait", timeout)
+
+    def wrap(self, f: Callable, wid: int) -> Callable | CachedFunction:
+        return f if self._shipped is None else self._shipped.ref(f, wid)
+
+    def function_cache(self) -> FunctionCache | None:
+        return self._shipped
+
+
+def _new_ref() -> tuple[int, int]:
+    from .cluster import myid
+
+    return myid(), next(_pool_ids)
+
+
+def _rebuild_pool(owner: int, pid: int, caching: bool) -> WorkerPool:
+    from .calls import get_node
+
+    pool = get_node().refs.rebuilt(owner, "p", pid, lambda: _PoolProxy(owner, pid, caching))
+    if pool is None:
+        raise ClusterError(f"pool {pid} was released by its owner, process {owner}")
+    return pool
+
+
+def _pool_call(pid: int, method: str, *args: Any) -> Any:
+    """On a pool's owner: run one of its methods for a proxy elsewhere."""
+    from .calls import get_node
+
+    pool = get_node().refs.lookup("p", pid)
+    if pool is None:
+        raise ClusterError(f"pool {pid} is unknown to its owner (released?)")
+    return getattr(pool, method)(*args)
 
 
 _default: _DefaultPool | None = None

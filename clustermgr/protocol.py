@@ -75,6 +75,7 @@ class Kind(enum.IntEnum):
     MEMBERS = 24       # master tells workers who is in the cluster (JSON)
     PEER_DIED = 25     # master tells workers a peer is gone (JSON)
     BYE = 26           # a worker says it is leaving
+    REFS = 27          # reference counts for objects the receiver owns (JSON, refs.py)
 
 
 class Flag(enum.IntFlag):

@@ -33,6 +33,7 @@ from . import serialize
 from .channels import ChannelStore
 from .errors import ClusterError, ProcessExitedError
 from .protocol import Flag, Header, Kind, pack_header
+from .refs import RefTable
 
 if TYPE_CHECKING:
     from .calls import Future
@@ -94,8 +95,9 @@ class Node(abc.ABC):
         self.ctx = zmq.Context()
         self._ids = itertools.count(1)
         self.pending: dict[int, tuple[Future, int]] = {}  # message id -> (future, target)
-        self.exported: dict[int, Future] = {}  # Futures sent to other processes, by id
+        self.refs = RefTable(self)  # Futures sent to other processes, channels: refs.py
         self.channels = ChannelStore(self)
+        self.refs.on_free["c"] = self.channels.free
         self.members: list[int] = []
         self.topology = "all_to_all"
         self.in_user_code = 0  # > 0 while the main thread runs a task's function
@@ -135,7 +137,7 @@ class Node(abc.ABC):
     def request(self, kind: Kind, dst: int, obj: Any, fut: Future, flags: int = 0,
                 ref: int = 0) -> None:
         """Send a request whose RESULT completes *fut* (``fut.id`` is the message id)."""
-        frames = serialize.dumps(obj)
+        frames = serialize.dumps(obj, dst)
         self.track(fut, dst)
         self.send([pack_header(kind, flags, self.myid, dst, fut.id, ref), *frames])
 
@@ -207,6 +209,7 @@ class Node(abc.ABC):
                 if now - self._last_tick >= self.tick_interval:
                     self._last_tick = now
                     self._tick(now)
+                    self.refs.flush()
         except Exception:  # the I/O thread must never die silently
             log.exception("clustermgr I/O thread crashed")
             self._on_io_crash()
@@ -268,6 +271,8 @@ class Node(abc.ABC):
             self._on_fetch(hdr, frames)
         elif kind == Kind.CHANNEL:
             self.channels.on_request(hdr, frames)
+        elif kind == Kind.REFS:
+            self.refs.on_message(hdr.src, frames[1])
         else:
             self._on_control(hdr, frames)
 
@@ -285,7 +290,7 @@ class Node(abc.ABC):
 
     def _on_fetch(self, hdr: Header, frames: list) -> None:
         """Another process fetches (or, with WANT_ACK, polls) a Future this one owns."""
-        fut = self.exported.get(hdr.ref)
+        fut = self.refs.lookup("f", hdr.ref)
         if fut is None:
             err = ClusterError(f"Future {self.myid}:{hdr.ref} is unknown to its owner "
                                f"(process {self.myid}); it was never sent or was released")
@@ -296,7 +301,7 @@ class Node(abc.ABC):
             fut.add_done_callback(lambda f: self._send_future_value(hdr, f))
 
     def _send_future_value(self, hdr: Header, fut: Future) -> None:
-        raw = fut._raw_frames()
+        raw = fut._raw_frames(hdr.src)
         if raw is not None:
             frames, flags = raw
             self.send([pack_header(Kind.RESULT, flags, self.myid, hdr.src, 0, hdr.id), *frames])
@@ -307,7 +312,7 @@ class Node(abc.ABC):
         """Answer the request *hdr* with *value* (serialized here)."""
         flags = Flag.ERROR if error else Flag.NONE
         try:
-            frames = serialize.dumps(value)
+            frames = serialize.dumps(value, hdr.src)
         except Exception as exc:  # noqa: BLE001 - turned into an error reply
             frames, flags = serialize.dumps(ClusterError(f"reply could not be pickled: {exc!r}")), Flag.ERROR
         self.send([pack_header(Kind.RESULT, flags, self.myid, hdr.src, 0, hdr.id), *frames])
@@ -318,3 +323,4 @@ class Node(abc.ABC):
             if target == wid and self.pending.pop(mid, None) is not None:
                 fut._set_exception(exc)
         self.channels.drop_peer(wid)
+        self.refs.drop_process(wid)

@@ -14,6 +14,7 @@ knows this worker (``clustermgr worker`` then joins it afresh).
 
 from __future__ import annotations
 
+import collections
 import faulthandler
 import io
 import os
@@ -37,6 +38,9 @@ from ..transport import Node, set_current_node
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED = \
     3, 4, 5, 6, 7
+#: Tasks that wait may run incoming calls nested, this deep at most; calls arriving past
+#: that wait their turn (in order) instead of growing the stack without bound.
+MAX_NESTING = 32
 _WAKE = object()
 _SHUTDOWN = object()
 
@@ -63,6 +67,7 @@ class WorkerNode(Node):
         self.dealer.setsockopt(zmq.RCVHWM, 0)
         self.dealer.connect(address)
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.deferred: collections.deque[Any] = collections.deque()  # calls past MAX_NESTING
         self.heartbeat_interval = 1.0
         self.master_grace = 60.0
         self.last_from_master = time.monotonic()
@@ -220,14 +225,21 @@ class WorkerNode(Node):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            try:
-                item = self.inbox.get(timeout=remaining)
-            except queue.Empty:
-                return fut.done()
+            nest = self.running < MAX_NESTING
+            if nest and self.deferred:
+                item = self.deferred.popleft()
+            else:
+                try:
+                    item = self.inbox.get(timeout=remaining)
+                except queue.Empty:
+                    return fut.done()
             if item is _SHUTDOWN:
                 self.leaving = True
             elif item is not _WAKE:
-                self.run_task(*item)
+                if nest:
+                    self.run_task(*item)
+                else:
+                    self.deferred.append(item)
         return True
 
     # --- the main thread ----------------------------------------------------------------
@@ -245,7 +257,7 @@ class WorkerNode(Node):
         """Run tasks until the master asks this worker to leave."""
         while not self.leaving:
             try:
-                item = self.inbox.get()
+                item = self.deferred.popleft() if self.deferred else self.inbox.get()
                 if item is _SHUTDOWN:
                     break
                 if item is not _WAKE:
