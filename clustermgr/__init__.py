@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     AuthError,
     ChannelClosedError,
     ClusterError,
+    DecodeError,
     LaunchError,
     ProcessExitedError,
     RemoteError,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
     from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
-    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "Future",
+    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "DecodeError", "Future",
     "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "Session", "TopologyError",
     "WorkerLostError", "WorkerPool", "addprocs", "attach_session", "configure",
     "default_worker_pool", "everywhere", "fetch", "fetch_async", "imap", "interrupt", "list_sessions",

@@ -19,7 +19,7 @@ from concurrent.futures import InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 from . import serialize
-from .errors import ClusterError, RemoteError, RemoteTraceback
+from .errors import ClusterError, DecodeError, RemoteError, RemoteTraceback
 from .protocol import Flag, Kind, pack_header
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class ErrorPayload:
     def __init__(self, worker_id: int, exc: BaseException) -> None:
         self.worker_id = worker_id
         self.type_name = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
-        self.message = str(exc)
+        self.message = " ".join([str(exc), *getattr(exc, "__notes__", ())])
         self.tb = "".join(traceback.format_exception(exc))
         try:
             self.exc_frames: list | None = serialize.dumps(exc)
@@ -248,8 +248,10 @@ class Future:
     def _decode(self) -> None:
         try:
             obj = serialize.loads(self._frames or [b""])
-        except Exception as exc:  # noqa: BLE001
-            self._exception = ClusterError(
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too
+            self._exception = DecodeError(
                 f"the result from process {self.where} could not be deserialized here: {exc!r}")
             self._exception.__cause__ = exc
             return

@@ -38,6 +38,18 @@ _managers: list[ClusterManager] = []
 _atexit_registered = False
 
 
+def _forget_after_fork() -> None:
+    """In a forked child the parent's master, managers and lock are not ours: a first use
+    there starts a master of its own (transport.py forgets the node itself)."""
+    global _lock
+    _lock = threading.RLock()
+    _managers.clear()
+    _settings._frozen = False
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def node() -> Node:
     """This process's node, creating the master's on first use."""
     global _atexit_registered
@@ -169,6 +181,15 @@ def register_manager(manager: ClusterManager) -> None:
     with _lock:
         if manager not in _managers:
             _managers.append(manager)
+
+
+def release_manager(manager: ClusterManager) -> None:
+    """Close *manager* now and forget it (for owners that end before the cluster does,
+    such as a ClusterExecutor that started its own workers)."""
+    with _lock:
+        if manager in _managers:
+            _managers.remove(manager)
+    manager.close()
 
 
 def _manager_for(n_or_manager: Any) -> ClusterManager:

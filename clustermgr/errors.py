@@ -86,6 +86,11 @@ class LaunchError(ClusterError):
         self.joined = list(joined or [])
 
 
+class DecodeError(ClusterError):
+    """A call or a result could not be deserialized where it arrived (the original error,
+    even a ``SystemExit`` raised while unpickling, is the ``__cause__``)."""
+
+
 class AuthError(ClusterError):
     """A peer could not prove it holds the cluster secret, or its versions do not match."""
 

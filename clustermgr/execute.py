@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import serialize
-from .errors import ClusterError
+from .errors import DecodeError
 from .protocol import Flag, Header, Kind, pack_header
 from .calls import ErrorPayload, error_frames
 
@@ -61,18 +61,26 @@ def run_local(node: Node, fut: Any, f: Callable, args: tuple, kwargs: dict) -> N
 def _decode_call(frames: list) -> tuple[Callable, tuple, dict]:
     try:
         return serialize.loads(frames[1:])
-    except Exception as exc:  # noqa: BLE001
-        raise ClusterError(f"the call could not be deserialized on this worker: {exc!r} "
-                           "(is the module that defines it importable here?)") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too
+        hint = " (is the module that defines it importable here?)" \
+            if isinstance(exc, (ImportError, AttributeError)) else ""
+        raise DecodeError(f"the call could not be deserialized on this worker: {exc!r}{hint}") from exc
 
 
 def _encode_value(node: Node, value: Any, dest: int) -> tuple[list, int]:
+    """The result's frames, or the error that pickling it raised (itself, as the stdlib
+    reports it: a PicklingError stays one, a SystemExit from a __reduce__ too)."""
     try:
         return serialize.dumps(value, dest), Flag.NONE
-    except Exception as exc:  # noqa: BLE001
-        err = ClusterError(f"the result ({type(value).__qualname__}) could not be pickled: {exc!r}")
-        err.__cause__ = exc
-        return error_frames(node.myid, err), Flag.ERROR
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"(the result, a {type(value).__qualname__}, could not be pickled "
+                         f"on process {node.myid})")
+        return error_frames(node.myid, exc), Flag.ERROR
 
 
 def flush_std() -> None:

@@ -15,6 +15,13 @@ runs the same cases against ``ProcessPoolExecutor``), with these differences:
   ``__cause__``, exactly like the stdlib; an exception class that does not exist in the
   caller arrives as ``RemoteError``;
 - ``max_tasks_per_child`` and ``max_memory_per_child`` recycle workers, as loky does.
+
+As with the stdlib: work submitted before the interpreter exits completes (a hook run
+before atexit handlers, as ``concurrent.futures`` registers, waits for it), and ``submit``
+after that raises ``RuntimeError``; an executor that is garbage collected without
+``shutdown`` ends its workers; a failing initializer breaks the pool (its futures fail
+with ``BrokenProcessPool``, later submits raise); a completed future's inputs are
+released at once; workers' output reaches this process's stdout and stderr as is.
 """
 
 from __future__ import annotations
@@ -27,18 +34,41 @@ import os
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import Future as CFuture
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .errors import ProcessExitedError, RemoteError, RemoteTraceback
+from concurrent.futures.process import _RemoteTraceback
+
+from .errors import DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
 
 log = logging.getLogger("clustermgr")
 
 #: calls in flight per worker: one running, one queued behind it so the worker never idles
 SLOTS_PER_WORKER = 2
+
+_executors: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _python_exit() -> None:
+    """Before atexit handlers (and so before the cluster shuts down): let every executor
+    finish the work already submitted, as ``concurrent.futures`` does."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for executor in list(_executors):
+        executor.shutdown(wait=True)
+
+
+try:
+    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # an older Python, or imported during shutdown
+    import atexit
+
+    atexit.register(_python_exit)
 
 
 class WorkerLostError(BrokenProcessPool, ProcessExitedError):
@@ -106,6 +136,7 @@ class ClusterExecutor(Executor):
             self._factory = manager
         elif manager is None and workers is None:
             self._factory = _local_factory
+        self._made: list[Any] = []  # managers this executor made: closed with it
         self._addprocs_kwargs = addprocs_kwargs
         self._replace = replace_workers
         self._max_tasks = max_tasks_per_child
@@ -124,19 +155,36 @@ class ClusterExecutor(Executor):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0                     # futures not yet finished
+        self._stop_when_idle = False
 
         if workers is not None:
             ids = list(workers)
             if not ids:
                 raise ValueError("workers=[] gives the executor nothing to run on")
+            self._max_workers = len(ids)
         else:
-            n = max_workers or len(os.sched_getaffinity(0))
-            first = manager if manager is not None and self._factory is None else self._factory(n)  # type: ignore[misc]
+            n = self._max_workers = max_workers or len(os.sched_getaffinity(0))
+            first = manager if manager is not None and self._factory is None else self._make(n)
             ids = addprocs(first, **addprocs_kwargs)
             self._owned.update(ids)
-        self._adopt(ids)
-        self._thread = threading.Thread(target=self._run, name="clustermgr-executor", daemon=True)
+        # The dispatcher holds the executor weakly, so that dropping every reference to it
+        # (no shutdown) ends it and its workers, as with the stdlib pool.
+        self._thread = threading.Thread(target=_dispatch_loop, args=(weakref.ref(self), self._events),
+                                        name="clustermgr-executor", daemon=True)
         self._thread.start()
+        weakref.finalize(self, _collected, self._events, self._owned, self._made)
+        _executors.add(self)
+        self._adopt(ids)
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread:
+        """The dispatcher thread (the stdlib's name for its equivalent)."""
+        return self._thread
+
+    def _make(self, n: int) -> Any:
+        manager = self._factory(n)  # type: ignore[misc]
+        self._made.append(manager)
+        return manager
 
     # --- the Executor API ----------------------------------------------------------------
 
@@ -144,6 +192,8 @@ class ClusterExecutor(Executor):
         with self._lock:
             if self._broken:
                 raise BrokenProcessPool(self._broken)
+            if _interpreter_exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             fut: CFuture = CFuture()
@@ -215,49 +265,56 @@ class ClusterExecutor(Executor):
                 self._idle.notify_all()
 
     def _adopt(self, ids: list[int]) -> None:
-        if self._initializer is not None:
-            from .cluster import everywhere
+        from .cluster import everywhere, master
 
+        master().plain_output.update(ids)
+        if self._initializer is not None:
             try:
-                everywhere(self._initializer, *self._initargs, procs=ids)
-            except Exception as exc:
-                self._broken = f"the initializer failed on a worker: {exc!r}"
-                raise BrokenProcessPool(self._broken) from exc
+                everywhere(_run_initializer, self._initializer, self._initargs, procs=ids)
+            except Exception as exc:  # noqa: BLE001 - the pool is broken, as the stdlib's
+                cause = exc.exceptions[0] if hasattr(exc, "exceptions") else exc
+                why = f"the initializer failed on a worker: {_unwrap(cause)!r}"
+                log.error("ClusterExecutor: %s; the executor is broken", why)
+                self._events.put(("broken", why))
+                return
         with self._lock:
             for wid in ids:
                 self._inflight.setdefault(wid, 0)
                 self._tasks_done.setdefault(wid, 0)
+        self._events.put(("wake", None))
 
     # --- the dispatcher thread -----------------------------------------------------------
 
-    def _run(self) -> None:
-        stop_when_idle = False
-        while True:
-            kind, what = self._events.get()
-            if kind == "submit":
-                self._pending.append(what)
-            elif kind == "done":
-                self._finished(*what)
-            elif kind == "adopted":
-                self._starting -= 1
-            elif kind == "cancel_pending":
-                while self._pending:
-                    self._pending.popleft().future.cancel()
-            elif kind == "stop":
-                break
-            elif kind == "stop_when_idle":
-                stop_when_idle = True
-            self._dispatch()
-            with self._lock:
-                idle = self._outstanding == 0 and not self._pending
-            if stop_when_idle and idle:
-                break
-        self._release()
+    def _step(self, kind: str, what: Any) -> bool:
+        """Handle one event (dispatcher thread); True when the dispatcher should stop."""
+        if kind == "submit":
+            self._pending.append(what)
+        elif kind == "done":
+            self._finished(*what)
+        elif kind == "adopted":
+            self._starting -= 1
+        elif kind == "broken":
+            self._break(what)
+            self._release()
+        elif kind == "cancel_pending":
+            while self._pending:
+                self._pending.popleft().future.cancel()
+        elif kind == "stop":
+            return True
+        elif kind == "stop_when_idle":
+            self._stop_when_idle = True
+        self._dispatch()
+        with self._lock:
+            idle = self._outstanding == 0 and not self._pending
+        return self._stop_when_idle and idle
 
     def _dispatch(self) -> None:
         from .calls import remotecall
 
         while self._pending:
+            if self._broken:
+                self._break(self._broken)
+                return
             with self._lock:
                 free = [w for w, n in self._inflight.items()
                         if n < SLOTS_PER_WORKER and w not in self._retiring]
@@ -297,6 +354,7 @@ class ClusterExecutor(Executor):
                 self._inflight[wid] -= 1
                 self._tasks_done[wid] += 1
             self._idle.notify_all()  # a retiring worker may now be free
+        item.fn = item.args = item.kwargs = None  # a finished task's inputs go at once
         over_memory = False
         try:
             value = fut.fetch()
@@ -309,10 +367,14 @@ class ClusterExecutor(Executor):
             return
         except RemoteError as exc:
             item.future.set_exception(_unwrap(exc))
-        except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
+        except DecodeError as exc:  # the stdlib's pool breaks here; ours fails this task only
+            item.future.set_exception(_broken_task(exc))
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, it belongs to the task
             item.future.set_exception(exc)
         else:
             item.future.set_result(value)
+        finally:
+            del fut, item
         if over_memory:
             log.info("worker %d exceeded max_memory_per_child: recycling it", wid)
             self._recycle(wid)
@@ -346,7 +408,9 @@ class ClusterExecutor(Executor):
             known = self._inflight.pop(wid, None) is not None
             self._owned.discard(wid)
             self._retiring.discard(wid)
-        if known:
+        if known and (self._shutdown or "removed by rmprocs" in exc.cause):
+            log.info("executor worker %d left (%s)", wid, exc.cause)
+        elif known:
             log.warning("executor worker %d died (%s)", wid, exc.cause)
             self._replace_one()
 
@@ -361,7 +425,7 @@ class ClusterExecutor(Executor):
         from .cluster import addprocs
 
         try:
-            ids = addprocs(self._factory(1), **self._addprocs_kwargs)  # type: ignore[misc]
+            ids = addprocs(self._make(1), **self._addprocs_kwargs)
             with self._lock:
                 self._owned.update(ids)
             self._adopt(ids)
@@ -377,17 +441,65 @@ class ClusterExecutor(Executor):
                 item.future.set_exception(BrokenProcessPool(why))
 
     def _release(self) -> None:
-        from .cluster import rmprocs
+        _release(self._owned, self._made)
 
-        if self._owned:
-            rmprocs(sorted(self._owned))
-            self._owned.clear()
+
+def _release(owned: set[int], made: list[Any]) -> None:
+    """Remove the workers an executor started and close the managers it made."""
+    from .cluster import release_manager, rmprocs, workers
+
+    ids = sorted(owned)
+    owned.clear()
+    try:
+        live = [w for w in ids if w in workers()]  # the cluster may have ended already
+        if live:
+            rmprocs(live)
+        while made:
+            release_manager(made.pop())
+    except Exception:  # noqa: BLE001 - may run on a background thread: say so, go on
+        log.exception("ClusterExecutor: releasing its workers failed")
+
+
+def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: queue.SimpleQueue) -> None:
+    """The dispatcher thread: one event at a time, holding the executor only meanwhile."""
+    while True:
+        kind, what = events.get()
+        executor = ref()
+        if executor is None:
+            return  # collected: _collected() ends its workers
+        try:
+            stop = executor._step(kind, what)
+        except Exception:  # noqa: BLE001 - the dispatcher must not die silently
+            log.exception("ClusterExecutor dispatcher failed")
+            stop = False
+        if stop:
+            executor._release()
+            return
+        del executor, what  # nothing of the last task stays referenced here
+
+
+def _collected(events: queue.SimpleQueue, owned: set[int], made: list[Any]) -> None:
+    """The executor was garbage collected without shutdown: end what it started."""
+    events.put(("stop", None))
+    if owned or made:
+        threading.Thread(target=_release, args=(owned, made), daemon=True,
+                         name="clustermgr-executor-release").start()
 
 
 # --- helpers that run on the workers ---------------------------------------------------
 
 def _run_chunk(fn: Callable, chunk: list[tuple]) -> list:
     return [fn(*args) for args in chunk]
+
+
+def _run_initializer(fn: Callable, args: tuple) -> None:
+    """On a worker: the executor's initializer; a failure is logged where the stdlib's
+    workers log it (the ``concurrent.futures`` logger, CRITICAL) and raised."""
+    try:
+        fn(*args)
+    except BaseException:
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+        raise
 
 
 def _measured(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, int]:
@@ -405,12 +517,25 @@ def _local_factory(n: int) -> Any:
     return LocalManager(n)
 
 
-def _unwrap(exc: RemoteError) -> BaseException:
+def _broken_task(exc: BaseException) -> BrokenProcessPool:
+    """A task whose call or result could not be deserialized: the stdlib's pool breaks
+    with BrokenProcessPool there; ours fails this task alone, with that type."""
+    err = BrokenProcessPool(f"A task could not be deserialized: {exc}")
+    err.__cause__ = exc.__cause__ or exc
+    return err
+
+
+def _unwrap(exc: BaseException) -> BaseException:
     """The user's own exception (its remote traceback as ``__cause__``), as the stdlib
     reports; the RemoteError itself when the class does not exist here."""
     cause = exc.__cause__
     if cause is None or isinstance(cause, RemoteTraceback):
         return exc
+    if isinstance(cause, DecodeError):  # the call could not be unpickled on the worker
+        return _broken_task(cause)
+    tb = cause.__cause__
+    if isinstance(tb, RemoteTraceback):  # the stdlib's class, for code that checks it
+        cause.__cause__ = _RemoteTraceback(tb.tb)
     return cause
 
 

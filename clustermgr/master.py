@@ -97,6 +97,7 @@ class MasterNode(Node):
         self._rr = 0
         self._pool: ThreadPoolExecutor | None = None
         self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
+        self.plain_output: set[int] = set()  # workers whose output is shown as is
 
     def listen(self, addr: str, port: int = 0, timeout: float = 10.0) -> str:
         """Listen on one more endpoint (any thread); returns ``tcp://addr:port``.  Off
@@ -319,8 +320,13 @@ class MasterNode(Node):
         w = WorkerInfo(wid, identity, str(msg.get("host", "?"))[:256],
                        pid if isinstance(pid, int) else 0, launch, now)
         s = self.settings
+        from multiprocessing import process
+
+        # The multiprocessing authkey, so that Manager proxies the master passes work on
+        # the workers too: sent on the authenticated link (encrypted off loopback).
         welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path,
-                   "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace}
+                   "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace,
+                   "mp_authkey": bytes(process.current_process().authkey).hex()}
         self._send_raw(identity, [pack_header(Kind.WELCOME, 0, 1, wid), P.dump_json(welcome)])
         self.workers[wid] = w
         self.by_identity[identity] = w
@@ -342,7 +348,8 @@ class MasterNode(Node):
         w = self.workers.get(hdr.src)
         if hdr.kind == Kind.OUTPUT and w is not None:
             text = bytes(frames[1].buffer).decode(errors="replace")
-            self.settings.emit(hdr.src, text, "stderr" if hdr.flags & Flag.STDERR else "stdout")
+            self.settings.emit(hdr.src, text, "stderr" if hdr.flags & Flag.STDERR else "stdout",
+                               hdr.src in self.plain_output)
         elif hdr.kind == Kind.BYE and w is not None:
             cause = "removed by rmprocs" if w.state == "removing" else "the worker left the cluster"
             self.declare_dead(w.id, cause, exited=w.launch is None)
@@ -410,6 +417,7 @@ class MasterNode(Node):
         exc = ProcessExitedError(wid, cause, log_tail)
         self.dead[wid] = exc
         self.load.pop(wid, None)
+        self.plain_output.discard(wid)
         payload = P.dump_json({"id": wid, "cause": cause})
         for other in self.workers.values():
             if other.state != "dead":

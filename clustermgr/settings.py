@@ -48,13 +48,17 @@ class Settings:
         for name, value in changes.items():
             setattr(self, name, value)
 
-    def emit(self, wid: int, text: str, stream: str) -> None:
-        """Deliver forwarded worker output (called on the master's I/O thread)."""
+    def emit(self, wid: int, text: str, stream: str, plain: bool = False) -> None:
+        """Deliver forwarded worker output (called on the master's I/O thread).  *plain*:
+        "print" shows it as is, on the same stream (an executor's workers, as a
+        ProcessPoolExecutor's children write to the parent's stdout and stderr)."""
         sink = self.output
         if sink is None:
             return
         for line in text.splitlines():
-            if sink == "print":
+            if sink == "print" and plain:
+                print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+            elif sink == "print":
                 print(f"From worker {wid}: {line}", file=sys.stdout, flush=True)
             elif callable(sink):
                 sink(wid, line, stream)

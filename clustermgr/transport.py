@@ -22,6 +22,7 @@ import abc
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,16 @@ def current_node() -> Node | None:
 def set_current_node(node: Node | None) -> None:
     global _current
     _current = node
+
+
+def _forget_after_fork() -> None:
+    """A forked child (multiprocessing's fork, a task's os.fork) has none of its parent's
+    threads: the inherited node cannot work there, so the child starts without one."""
+    global _current
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class Signal:

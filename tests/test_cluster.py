@@ -5,6 +5,7 @@ import signal
 import sys
 import threading
 
+import psutil
 import pytest
 from procs import watch
 
@@ -192,3 +193,17 @@ def test_worker_leaves_even_with_a_lingering_thread(fresh):
     cm.rmprocs(w, waitfor=20)
     proc = master().workers[w].launch.handle.proc
     assert proc.wait(10) == 0  # it left by itself, not killed by a signal
+
+
+def test_the_exit_watcher_owns_its_pipe(fresh):
+    """stop() twice, and watch() after stop(), write to no closed (or reused) descriptor."""
+    from clustermgr.managers.local import LocalManager
+
+    manager = LocalManager(1)
+    cm.addprocs(manager)
+    watcher = manager._watcher
+    cm.shutdown()
+    assert watcher.stopped and not watcher.thread.is_alive()
+    watcher.stop()  # again: a no-op, nothing written
+    watcher.watch(type("H", (), {"proc": psutil.Process()})())  # after stop: not registered
+    assert watcher.by_fd == {}

@@ -69,9 +69,18 @@ def test_initializer_runs_on_every_worker_and_a_failing_one_breaks(fresh):
 
     with ClusterExecutor(2, initializer=init, initargs=("42",)) as ex:
         assert set(ex.map(lambda _: os.environ["EXECUTOR_SETTING"], range(8))) == {"42"}
+    # As the stdlib's pool: the executor is made, its futures fail, later submits raise,
+    # and the workers it started are removed.
+    broken = ClusterExecutor(1, initializer=lambda: 1 / 0)
     with pytest.raises(BrokenProcessPool, match="initializer failed"):
-        ClusterExecutor(1, initializer=lambda: 1 / 0)
-    cm.rmprocs(cm.workers())
+        broken.submit(abs, -1).result(timeout=30)
+    with pytest.raises(BrokenProcessPool, match="initializer failed"):
+        broken.submit(abs, -1)
+    deadline = time.monotonic() + 30
+    while cm.workers() != [1] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the removal runs on the dispatcher thread
+    assert cm.workers() == [1]
+    broken.shutdown()
 
 
 def test_exception_class_missing_here_arrives_as_remote_error(fresh):

@@ -111,6 +111,8 @@ class ForkServer:
             except OSError:
                 pass
         self.reader.join(timeout=10)
+        if not self.reader.is_alive():  # its pipe is ours to close once it has read to EOF
+            self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 def _alive(pid: int) -> bool:

@@ -227,17 +227,26 @@ class _ExitWatcher:
         self.thread = threading.Thread(target=self._run, name="clustermgr-local-exits", daemon=True)
         self.thread.start()
 
+    # Ownership: the thread owns ``wake_r`` and the pidfds (it closes them as it ends);
+    # ``wake_w`` is written only under ``lock`` while not stopped, and closed by stop().
     def watch(self, handle: LocalHandle) -> None:
         fd = os.pidfd_open(handle.proc.pid)  # type: ignore[union-attr]
         with self.lock:
+            if self.stopped:
+                os.close(fd)
+                return
             self.by_fd[fd] = handle
             self.poll.register(fd, select.POLLIN)
-        os.write(self.wake_w, b"x")
+            os.write(self.wake_w, b"x")
 
     def stop(self) -> None:
-        self.stopped = True
-        os.write(self.wake_w, b"x")
+        with self.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            os.write(self.wake_w, b"x")
         self.thread.join(timeout=5)
+        os.close(self.wake_w)
 
     def _run(self) -> None:
         while not self.stopped:
@@ -246,10 +255,11 @@ class _ExitWatcher:
                     os.read(self.wake_r, 4096)
                 else:
                     self._exited(fd)
-        for fd in list(self.by_fd):
-            os.close(fd)
+        with self.lock:
+            for fd in list(self.by_fd):
+                os.close(fd)
+            self.by_fd.clear()
         os.close(self.wake_r)
-        os.close(self.wake_w)
 
     def _exited(self, fd: int) -> None:
         with self.lock:

@@ -100,6 +100,10 @@ class WorkerNode(Node):
         self.heartbeat_interval = float(welcome.get("heartbeat_interval", 1.0))
         self.master_grace = float(welcome.get("master_grace", 60.0))
         self.tick_interval = min(0.25, self.heartbeat_interval / 2)  # also paces interrupt repeats
+        if welcome.get("mp_authkey"):  # the master's Manager proxies then work here
+            from multiprocessing import process
+
+            process.current_process().authkey = bytes.fromhex(welcome.pop("mp_authkey"))
         return welcome
 
     def _send_now(self, kind: Kind, body: dict) -> None:
