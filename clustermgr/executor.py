@@ -252,6 +252,11 @@ class ClusterExecutor(Executor):
 
     # --- bookkeeping -------------------------------------------------------------------
 
+    def _running_on(self) -> list[int]:
+        """The workers running or holding one of this executor's calls now."""
+        with self._lock:
+            return sorted(w for w, n in self._inflight.items() if n)
+
     @property
     def workers(self) -> list[int]:
         """The workers this executor runs on now."""
@@ -265,9 +270,12 @@ class ClusterExecutor(Executor):
                 self._idle.notify_all()
 
     def _adopt(self, ids: list[int]) -> None:
-        from .cluster import everywhere, master
+        from .cluster import everywhere
+        from .transport import current_node
 
-        master().plain_output.update(ids)
+        plain = getattr(current_node(), "plain_output", None)  # on the master (not a worker)
+        if plain is not None:
+            plain.update(ids)
         if self._initializer is not None:
             try:
                 everywhere(_run_initializer, self._initializer, self._initargs, procs=ids)

@@ -7,7 +7,8 @@ joblib is already imported); then::
         joblib.Parallel()(joblib.delayed(f)(x) for x in xs)   # or scikit-learn's n_jobs
 
 runs on the cluster's workers.  With no workers yet, the first use starts ``n_jobs`` local
-workers (one per CPU for ``n_jobs=-1``); they stay until ``clustermgr.shutdown()``.  joblib
+workers (one per CPU for ``n_jobs=-1``); they stay until ``clustermgr.shutdown()``, and a
+later call with a larger ``n_jobs`` starts the missing ones.  joblib
 calls ``configure`` per ``Parallel`` call, ``submit`` per batch (from its dispatch thread)
 and ``terminate`` at the end; each Parallel call gets a ``ClusterExecutor`` over the
 workers, which keeps them.
@@ -16,15 +17,32 @@ workers, which keeps them.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 from joblib import register_parallel_backend
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+from joblib.parallel import BACKENDS
 
-from .executor import ClusterExecutor
+from .executor import ClusterExecutor, _local_factory
 
 
 class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's backend contract on cluster workers (see the module docstring).
+
+    ``n_jobs`` means what joblib says: 1 runs in the calling process (joblib's sequential
+    backend: no worker is started or used); k uses k workers, started locally when this
+    backend started the cluster (else as many of the cluster's as there are); -1 all of
+    them.  ``initializer``/``initargs`` (from ``Parallel`` or ``parallel_config``) run on
+    each worker of a call.  Each batch registers this backend in its worker first, so a
+    nested ``parallel_config(backend="clustermgr")`` works there.
+    """
+
     supports_retrieve_callback = True
     supports_timeout = True
     supports_inner_max_num_threads = False
@@ -39,26 +57,40 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
 
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        if workers() != [1]:
-            return nworkers()
+        n_jobs = -1 if n_jobs is None else int(n_jobs)
+        have = nworkers() if workers() != [1] else 0
+        if have and not _started_here():  # the user's cluster: at most what it has
+            return max(1, have + 1 + n_jobs) if n_jobs < 0 else min(n_jobs, have)
         cpus = len(os.sched_getaffinity(0))
-        if n_jobs is None or n_jobs < 0:
-            return max(cpus + 1 + (n_jobs or -1), 1)
-        return n_jobs
+        return max(cpus + 1 + n_jobs, 1) if n_jobs < 0 else n_jobs
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, **backend_kwargs: Any) -> int:
-        from .cluster import addprocs, workers
+        global _started_on
+        from .cluster import addprocs, node, workers
 
         n = self.effective_n_jobs(n_jobs)
-        if workers() == [1]:
-            addprocs(n)
+        if n == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        kwargs = {**self.backend_kwargs, **backend_kwargs}
+        unknown = sorted(set(kwargs) - _KNOWN_KWARGS)
+        if unknown:
+            raise TypeError(f"the clustermgr joblib backend does not take {unknown}; it "
+                            f"takes {sorted(_KNOWN_KWARGS)}")
+        have = [w for w in workers() if w != 1]
+        if not have and node().myid == 1:
+            _started_on = weakref.ref(node())
+        ours = _started_here()
+        if ours and len(have) < n:
+            have += addprocs(n - len(have))
         self.parallel = parallel
-        self.executor = ClusterExecutor(workers=workers())
+        self.executor = ClusterExecutor(
+            workers=have[:n], manager=_local_factory if ours else None,
+            initializer=kwargs.get("initializer"), initargs=kwargs.get("initargs", ()))
         return n
 
     def submit(self, func: Any, callback: Any = None) -> Any:
-        fut = self.executor.submit(func)  # type: ignore[union-attr]
+        fut = self.executor.submit(_registered_call, func)  # type: ignore[union-attr]
         if callback is not None:
             fut.add_done_callback(callback)
         return fut
@@ -70,10 +102,16 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         return out.result(timeout=timeout)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A task failed: cancel what has not started; keep the workers."""
+        """A task failed or the call timed out: cancel what has not started, interrupt
+        what is running (the next call must not wait behind it); keep the workers."""
         if self.executor is not None:
+            running = self.executor._running_on()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+            if running:
+                from .cluster import interrupt
+
+                interrupt(running)
         if ensure_ready:
             self.configure(n_jobs=self.parallel.n_jobs if self.parallel else -1, parallel=self.parallel)
 
@@ -83,9 +121,31 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             self.executor = None
 
 
+#: what joblib passes to process backends; the memmapping ones (max_nbytes, mmap_mode,
+#: temp_folder) are not acted on yet: large arrays travel as zero-copy frames instead
+_KNOWN_KWARGS = {"initializer", "initargs", "verbose", "temp_folder", "context", "max_nbytes",
+                 "mmap_mode", "idle_worker_timeout"}
+
+#: the master on which this backend started the workers (it may start more, replace them)
+_started_on: weakref.ref | None = None
+
+
+def _started_here() -> bool:
+    from .transport import current_node
+
+    return _started_on is not None and current_node() is not None and _started_on() is current_node()
+
+
+def _registered_call(func: Any) -> Any:
+    """On a worker: make "clustermgr" known to joblib there, then run the batch."""
+    register()
+    return func()
+
+
 def register() -> None:
     """Register the ``"clustermgr"`` joblib backend (idempotent)."""
-    register_parallel_backend("clustermgr", ClusterBackend)
+    if BACKENDS.get("clustermgr") is not ClusterBackend:
+        register_parallel_backend("clustermgr", ClusterBackend)
 
 
 register()

@@ -3,6 +3,7 @@ process may have no children except the live workers of the current cluster."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -18,6 +19,10 @@ from clustermgr.transport import current_node
 #: Long-lived helpers a test module started on purpose (a multiprocessing Manager):
 #: not leaks while they run.
 HELPER_PIDS: set[int] = set()
+#: Set by a test module whose tasks start long-lived processes on purpose (joblib's suite
+#: runs loky inside our workers): those descend from a live worker, which ends them when it
+#: leaves (tests/test_cluster.py checks that), so they are not counted here.
+ALLOW_WORKER_DESCENDANTS = False
 
 
 def multiprocessing_helpers() -> set[int]:
@@ -78,10 +83,34 @@ def _running(proc: psutil.Process) -> bool:
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
     yield
-    leaked = leaked_children(live_worker_pids())
+    gc.collect()  # objects whose finalizers end processes (a Manager's server) go first
+    allowed = live_worker_pids()
+    if ALLOW_WORKER_DESCENDANTS:
+        allowed |= descendants(allowed)
+    leaked = leaked_children(allowed)
     for proc in leaked:
-        proc.kill()
-    assert not leaked, f"the test leaked processes: {[p.cmdline() for p in leaked]}"
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not leaked, f"the test leaked processes: {[_cmdline(p) for p in leaked]}"
+
+
+def descendants(pids: set[int]) -> set[int]:
+    out: set[int] = set()
+    for pid in pids:
+        try:
+            out.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            pass
+    return out
+
+
+def _cmdline(proc: psutil.Process) -> list[str] | str:
+    try:
+        return proc.cmdline()
+    except (psutil.Error, OSError):
+        return f"pid {proc.pid} (gone)"
 
 
 @pytest.fixture
@@ -120,6 +149,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         ours = item.fspath.basename != "test_joblib_suite.py" or "clustermgr" in item.name
         (keep if ours else drop).append(item)
+        module = getattr(item, "module", None)
+        if item.name in getattr(module, "KNOWN_FAILURES", {}):
+            item.add_marker(pytest.mark.xfail(reason=f"open: {module.KNOWN_FAILURES[item.name]}",
+                                              strict=False))
+        if item.name in getattr(module, "KNOWN_HANGS", {}):
+            item.add_marker(pytest.mark.skip(reason=f"open: {module.KNOWN_HANGS[item.name]}"))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

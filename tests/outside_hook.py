@@ -1,6 +1,7 @@
 """Run at start-up of the outside suites' child interpreters (see outside_suites.py):
 the suite module becomes importable as ``test.test_concurrent_futures`` and our executor
-as ``concurrent.futures.ClusterProcessPool``, as the suites' code templates import them."""
+as ``concurrent.futures.ClusterProcessPool``, as the suites' code templates import them;
+joblib's backend "clustermgr" is registered."""
 
 import os
 import sys
@@ -27,3 +28,7 @@ def _install() -> None:
 
 
 _install()
+try:  # joblib's suite runs scripts that name the "clustermgr" backend
+    import clustermgr.joblib_backend  # noqa: F401
+except ImportError:
+    pass
