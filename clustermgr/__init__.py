@@ -11,6 +11,16 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from .calls import (  # noqa: E402
+    Future,
+    RemoteChannel,
+    fetch,
+    remote_do,
+    remotecall,
+    remotecall_fetch,
+    remotecall_wait,
+    spawnat,
+)
 from .errors import (  # noqa: E402
     AuthError,
     ChannelClosedError,
@@ -25,16 +35,6 @@ from .errors import (  # noqa: E402
 # No submodule shares a name with a public function (pmap is in mapping.py, remote()
 # in pools.py), so no import order can shadow one: tests/test_api.py checks.
 from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
-from .calls import (  # noqa: E402
-    Future,
-    RemoteChannel,
-    fetch,
-    remote_do,
-    remotecall,
-    remotecall_fetch,
-    remotecall_wait,
-    spawnat,
-)
 
 if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
     from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async
@@ -56,10 +56,12 @@ if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
     from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
-    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "DecodeError", "Future",
+    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "DecodeError",
+    "Future",
     "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "Session", "TopologyError",
     "WorkerLostError", "WorkerPool", "addprocs", "attach_session", "configure",
-    "default_worker_pool", "everywhere", "fetch", "fetch_async", "imap", "interrupt", "list_sessions",
+    "default_worker_pool", "everywhere", "fetch", "fetch_async", "imap", "interrupt",
+    "list_sessions",
     "myid", "nprocs", "nworkers", "pmap", "pmap_async", "preduce", "procs", "remote", "remote_do",
     "remotecall", "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session",
     "rmprocs", "shutdown", "spawnat", "spawnat_async", "start_session", "workers",

@@ -28,6 +28,7 @@ import hmac
 import logging
 import os
 import time
+
 from . import protocol as P
 from .errors import AuthError
 

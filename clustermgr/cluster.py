@@ -23,11 +23,11 @@ from .errors import ClusterError, LaunchError
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport has the same class
     from exceptiongroup import ExceptionGroup
+from .calls import remotecall
 from .managers.base import ClusterManager, LaunchSpec, ManageOp
 from .managers.local import LocalManager
 from .master import Launch, MasterNode
 from .protocol import Kind, pack_header
-from .calls import remotecall
 from .settings import Settings
 from .transport import Node, current_node, log, set_current_node
 

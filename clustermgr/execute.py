@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import serialize
+from .calls import ErrorPayload, error_frames
 from .errors import DecodeError
 from .protocol import Flag, Header, Kind, pack_header
-from .calls import ErrorPayload, error_frames
 
 if TYPE_CHECKING:
     from .transport import Node

@@ -38,10 +38,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures import Future as CFuture
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
-
-from concurrent.futures.process import _RemoteTraceback
 
 from .errors import DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
 

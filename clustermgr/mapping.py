@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .calls import ErrorPayload, Future, get_node, local_error, remotecall
 from .errors import ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
-from .calls import ErrorPayload, Future, get_node, local_error, remotecall
 from .transport import Signal
 
 PREFETCH = 2

@@ -20,8 +20,8 @@ from typing import Any
 import cloudpickle
 
 from . import serialize
-from .errors import ClusterError
 from .calls import Future, remotecall
+from .errors import ClusterError
 
 _FN_CACHE: dict[str, Callable] = {}
 _keys = itertools.count(1)

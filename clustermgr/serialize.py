@@ -1,8 +1,9 @@
 """Turning Python objects into ZeroMQ frames and back.
 
 Bodies are cloudpickle protocol 5, with one change: code pickled by value keeps its real
-file name (cloudpickle 3 writes ``<dynamic-code>``), so a traceback from a function defined
-in the user's script shows its file, line and source line, as multiprocessing's do.  Buffers of at least :data:`OUT_OF_BAND_MIN` bytes (numpy
+file name (cloudpickle 3 writes ``<dynamic-code>``), so a traceback from a function
+defined in the user's script shows its file, line and source line, as multiprocessing's
+do.  Buffers of at least :data:`OUT_OF_BAND_MIN` bytes (numpy
 arrays, ``PickleBuffer``, ...) leave the pickle stream and travel as separate frames that
 ZeroMQ sends straight from the object's memory, so a 1 GB array is never copied into one
 ``bytes`` object.  On receipt, the frames' memory becomes the arrays' memory (pyzmq frames

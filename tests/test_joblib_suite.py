@@ -15,10 +15,10 @@ import os
 import joblib
 import joblib.test  # noqa: F401 - the suite's own helpers (joblib.test.common)
 import pytest
+from outside_suites import install_hook
 
 import clustermgr
 import clustermgr.joblib_backend  # noqa: F401 - registers the "clustermgr" backend
-from outside_suites import install_hook
 
 install_hook()  # the suite's subprocess scripts see the backend registered, too
 

@@ -1,12 +1,16 @@
 """remotecall and friends, Futures, fetch, everywhere: normal and bad input."""
 
 import os
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import clustermgr as cm
+
+if sys.version_info < (3, 11):  # the backport, as clustermgr uses it there
+    from exceptiongroup import ExceptionGroup
 from clustermgr import ClusterError, Future, RemoteError
 
 

@@ -4,12 +4,16 @@ the API Julia's Distributed has (each test is named after what it checks)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
 import pytest
 
 import clustermgr as cm
+
+if sys.version_info < (3, 11):  # the backport, as clustermgr uses it there
+    from exceptiongroup import ExceptionGroup
 from clustermgr import ClusterError, RemoteError, WorkerPool
 
 
@@ -295,8 +299,8 @@ def test_a_remote_traceback_shows_the_source_of_a_function_pickled_by_value(clus
     err = done.stderr
     assert "<dynamic-code>" not in err
     assert err.count(f'File "{script}", line 4, in inner\n    return 1 / y') == 3
-    assert f'line 7, in meth\n    return inner(x)' in err
-    assert f'line 10, in klass\n    return inner(x)' in err
+    assert 'line 7, in meth\n    return inner(x)' in err
+    assert 'line 10, in klass\n    return inner(x)' in err
 
 
 def test_missing_source_lines_are_filled_in_by_the_caller(tmp_path):
@@ -305,7 +309,7 @@ def test_missing_source_lines_are_filled_in_by_the_caller(tmp_path):
     src = tmp_path / "here_only.py"
     src.write_text("a = 1\nraise ValueError('boom')\n")
     tb = f'Traceback (most recent call last):\n  File "{src}", line 2, in <module>\nValueError: boom\n'
-    assert f"line 2, in <module>\n    raise ValueError('boom')\nValueError" in fill_source(tb)
+    assert "line 2, in <module>\n    raise ValueError('boom')\nValueError" in fill_source(tb)
 
 
 def _fetch_plus_one(fut):
