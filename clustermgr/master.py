@@ -1,8 +1,8 @@
 """The master's node: ROUTER socket, handshake, worker table, relay and heartbeats.
 
-Everything here runs on the master's I/O thread unless a method says otherwise.  Other
-threads talk to it through ``call_soon`` and ``send``; ``cluster.py`` holds the public API
-built on it.
+Everything here runs on the master's I/O thread (the link's reader) unless a method says
+otherwise.  Other threads send directly (``send`` → ``_route``, any thread) and hand other
+work to the I/O thread with ``call_soon``; ``cluster.py`` holds the public API built on it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .execute import execute, run_local
 from .managers.base import ClusterManager, ManageOp, WorkerHandle
 from .protocol import Flag, Header, Kind, pack_header
 from .settings import Settings
-from .transport import Node
+from .transport import Link, Node
 
 log = logging.getLogger("clustermgr")
 _DST = slice(8, 12)
@@ -82,6 +82,7 @@ class MasterNode(Node):
         port = self.router.bind_to_random_port(f"tcp://{settings.bind}") if not settings.port \
             else self._bind_fixed(settings)
         self.address = f"tcp://{settings.bind}:{port}"
+        self.link = Link(self.router)
         self.gate = Gate(self.secret, b"master", b"worker")
         self.rejects = RejectLog("clustermgr master")
         self.replies = ReplyBudget()
@@ -107,33 +108,18 @@ class MasterNode(Node):
                 f"the master does not encrypt, so it will not listen on {addr}: create the "
                 "ElasticManager (or configure(bind=...)) before the first addprocs, or call "
                 "configure(encrypt=True) before it")
-        done = threading.Event()
-        box: list[Any] = []
-
-        def bind() -> None:
-            try:
+        try:
+            with self.link.lock:  # a socket call, from this thread, under the link's lock
                 if port:
                     self.router.bind(f"tcp://{addr}:{port}")
-                    box.append(f"tcp://{addr}:{port}")
-                else:
-                    box.append(f"tcp://{addr}:{self.router.bind_to_random_port(f'tcp://{addr}')}")
-            except zmq.ZMQError as exc:
-                box.append(exc)
-            done.set()
-
-        self.call_soon(bind)
-        if not done.wait(timeout):
-            raise ClusterError(f"could not listen on {addr}:{port} within {timeout} s")
-        if isinstance(box[0], Exception):
-            raise ClusterError(f"cannot listen on {addr}:{port}: {box[0]}")
-        return box[0]
+                    return f"tcp://{addr}:{port}"
+                return f"tcp://{addr}:{self.router.bind_to_random_port(f'tcp://{addr}')}"
+        except zmq.ZMQError as exc:
+            raise ClusterError(f"cannot listen on {addr}:{port}: {exc}") from None
 
     def _bind_fixed(self, settings: Settings) -> int:
         self.router.bind(f"tcp://{settings.bind}:{settings.port}")
         return settings.port
-
-    def _sockets(self) -> list[zmq.Socket]:
-        return [self.router]
 
     # --- views for other threads ------------------------------------------------------
 
@@ -176,7 +162,7 @@ class MasterNode(Node):
         """How many messages were dropped as unauthenticated or malformed so far."""
         return self.rejects.total
 
-    def _from_network(self, sock: zmq.Socket, frames: list) -> None:
+    def _from_network(self, frames: list) -> None:
         identity = frames[0].bytes
         w = self.by_identity.get(identity)
         try:
@@ -245,8 +231,9 @@ class MasterNode(Node):
         return la.manager is lb.manager and la.manager.connects(la.handle, lb.handle)
 
     def _send_raw(self, identity: bytes, frames: list) -> bool:
+        """Send to one peer (any thread); False when ZeroMQ has no connection to it."""
         try:
-            self.router.send_multipart([identity, *frames], copy=False)
+            self.link.send([identity, *frames])
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
@@ -254,14 +241,15 @@ class MasterNode(Node):
             raise
 
     def _route(self, frames: list) -> None:
-        head = frames[0].buffer
+        """Send a message this process built (any thread: the caller's, for a call)."""
+        head = getattr(frames[0], "buffer", frames[0])  # the header: bytes we packed
         dst = int.from_bytes(head[_DST], "little")
         w = self.workers.get(dst)
         if w is not None and w.state != "dead" and self._send_raw(w.identity, frames):
             return
         if w is not None and w.state != "dead":
-            self._connection_lost(w)  # the call stays pending: the death path fails it
-            return
+            self.call_soon(lambda: self._connection_lost(w))  # the call stays pending:
+            return  # the death path fails it
         entry = self.pending.pop(int.from_bytes(head[_MID], "little"), None)
         if entry is not None:
             entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"there is no worker {dst}"))
@@ -464,6 +452,7 @@ class MasterNode(Node):
 
     def shutdown_io(self) -> None:
         self.stop()
+        self.link.close(linger=0)  # if the I/O thread did not end in time
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.ctx.destroy(linger=0)

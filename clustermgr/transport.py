@@ -1,16 +1,25 @@
-"""The I/O thread and what master and workers share.
+"""The link to the network and what master and workers share.
 
 Data flow in one process::
 
-    user threads ──send()──► inproc PUSH ──► I/O thread ──► ROUTER (master) / DEALER (worker)
-                                                 │
-    Futures ◄── _on_result ◄── dispatch ◄────────┘  (CALL → the executor of the subclass)
+    any thread ──send()──► Link (lock) ──► ROUTER (master) / DEALER (worker) ──► ZeroMQ
+                                                                                 │
+    Futures ◄── _on_result ◄── dispatch ◄── the reading thread ◄── Link.recv ◄───┘
 
-One I/O thread owns the network sockets (ZeroMQ sockets are not thread-safe).  Any thread
-may call :meth:`Node.send`; it serializes nothing, only hands prepared frames over a
-lock-guarded inproc socket, which ZeroMQ passes without copying.  The I/O thread routes
-frames, completes Futures with *raw* frames (they are deserialized later by whoever
-fetches), answers FETCH and CHANNEL requests, and runs :meth:`Node._tick` for heartbeats.
+Every process has one network socket, wrapped in a :class:`Link`.  ZeroMQ sockets are not
+thread-safe, so every call into it holds the link's lock (which is also the memory barrier
+ZeroMQ asks for when a socket changes threads); a thread that sends does so itself, with
+no hand-off to another thread.  One thread at a time *reads* (it holds ``Link.role``): it
+waits for the socket's file descriptor with the OS's ``poll``, outside the lock, so a
+sender never waits for a read; it routes frames, completes Futures with *raw* frames
+(deserialized later by whoever fetches), answers FETCH and CHANNEL requests, and runs
+:meth:`Node._tick` for heartbeats.
+
+Who reads: on the master, its I/O thread, always.  On a worker, the main thread while it is
+between tasks or waits for a Future (so a CALL runs where it is read, and its RESULT goes
+out from the same thread: no thread hop on a worker's hot path); the I/O thread takes the
+role over only while a task has run for longer than ``TAKEOVER_AFTER``, and gives it back
+when the task ends (``worker/loop.py``).
 
 Subclasses: ``master.MasterNode`` (ROUTER, handshake, relay, worker table) and
 ``worker.loop.WorkerNode`` (DEALER, task execution on the main thread).
@@ -23,6 +32,7 @@ import collections
 import itertools
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clustermgr")
 
-_WAKE = [b""]
 _current: Node | None = None
 
 
@@ -96,6 +105,93 @@ class Signal:
         fn(self)
 
 
+class Link:
+    """One ZeroMQ socket that several threads use: any thread sends, one thread reads.
+
+    Callers: :class:`Node` builds one around its socket; every thread sends through
+    :meth:`send`; the thread holding :attr:`role` calls :meth:`recv` and :meth:`wait`.
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()  # every call into the socket
+        self.role = threading.Lock()  # held by the thread that reads
+        self.reader = 0  # thread ident of the role's holder (0: nobody)
+        self.closed = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._poll = select.poll()
+        self._poll.register(sock.getsockopt(zmq.FD), select.POLLIN)
+        self._poll.register(self._r, select.POLLIN)
+
+    # --- any thread -------------------------------------------------------------------
+
+    def send(self, frames: list) -> None:
+        """Send one multipart message now (``copy=False``: buffers go out as they are)."""
+        with self.lock:
+            if self.closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK, "the cluster link is closed")
+            self.sock.send_multipart(frames, copy=False)
+            # A send may take the "readable" edge of the socket's descriptor: then the
+            # reader, asleep in poll, would not see a message that is already there.
+            if self.reader != threading.get_ident() and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._wake_locked()
+
+    def wake(self) -> None:
+        """Make the reader's :meth:`wait` return (to look at the socket and its queues)."""
+        with self.lock:
+            if not self.closed:
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        try:
+            os.write(self._w, b"w")
+        except BlockingIOError:  # the pipe is full of wake-ups already
+            pass
+
+    def take_role(self, blocking: bool = True) -> bool:
+        if not self.role.acquire(blocking):
+            return False
+        self.reader = threading.get_ident()
+        return True
+
+    def give_role(self) -> None:
+        self.reader = 0
+        self.role.release()
+
+    # --- the reader -------------------------------------------------------------------
+
+    def recv(self) -> list | None:
+        """The next message, or None when none is waiting."""
+        with self.lock:
+            if self.closed or not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return None
+            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a message may be waiting, a :meth:`wake`, or *timeout* seconds."""
+        with self.lock:
+            if self.closed or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+        self._poll.poll(max(0, int(timeout * 1000)))
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self, linger: int | None = None) -> None:
+        """Close the socket (its own LINGER unless *linger*) and the wake-up pipe."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.sock.close(linger=linger)
+            os.close(self._r)
+            os.close(self._w)
+
+
 class Node(abc.ABC):
     """Base of the master and worker runtimes; see the module docstring."""
 
@@ -113,14 +209,7 @@ class Node(abc.ABC):
         self.topology = "all_to_all"
         self.in_user_code = 0  # > 0 while the main thread runs a task's function
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
-        inproc = f"inproc://clustermgr-outbox-{id(self)}"
-        self._pull = self.ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.bind(inproc)
-        self._push = self.ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, 0)
-        self._push.connect(inproc)
-        self._push_lock = threading.Lock()
+        self.link: Link  # set by the subclass once its socket exists
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clustermgr-io", daemon=True)
         self._last_tick = 0.0
@@ -131,15 +220,13 @@ class Node(abc.ABC):
         return next(self._ids)
 
     def send(self, frames: list) -> None:
-        """Hand a complete message ``[header, body, *buffers]`` to the I/O thread."""
-        with self._push_lock:
-            self._push.send_multipart(frames, copy=False)
+        """Send a complete message ``[header, body, *buffers]`` now, from this thread."""
+        self._route(frames)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run *fn* on the I/O thread (which may touch the sockets)."""
+        """Run *fn* on the thread that reads the link (the master's I/O thread)."""
         self._soon.append(fn)
-        with self._push_lock:
-            self._push.send_multipart(_WAKE)
+        self.link.wake()
 
     def send_msg(self, kind: Kind, dst: int, frames: list | tuple = (b"",), *,
                  flags: int = 0, mid: int = 0, ref: int = 0) -> None:
@@ -190,68 +277,67 @@ class Node(abc.ABC):
         if self._stopping.is_set():
             return
         self._stopping.set()
-        try:
-            self.call_soon(lambda: None)
-        except zmq.ZMQError:
-            pass
+        self._wake_io()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
-        with self._push_lock:
-            self._push.close(linger=0)
 
-    # --- the I/O thread -----------------------------------------------------------------
+    def _wake_io(self) -> None:
+        self.link.wake()
 
-    def _sockets(self) -> list[zmq.Socket]:
-        """Network sockets to poll besides the outbox (subclasses)."""
-        return []
+    # --- reading the link ---------------------------------------------------------------
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._pull, zmq.POLLIN)
-        for sock in self._sockets():
-            poller.register(sock, zmq.POLLIN)
+        """The I/O thread (the master's reader for its whole life; workers override)."""
         try:
-            while not self._stopping.is_set():
-                ready = dict(poller.poll(int(self.tick_interval * 1000)))
-                for sock in ready:
-                    self._drain(sock)
-                self._after_drain()
-                now = time.monotonic()
-                if now - self._last_tick >= self.tick_interval:
-                    self._last_tick = now
-                    self._tick(now)
-                    self.refs.flush()
+            self.link.take_role()
+            self._pump(self._stopping.is_set)
         except Exception:  # the I/O thread must never die silently
             log.exception("clustermgr I/O thread crashed")
             self._on_io_crash()
         finally:
             self._close_sockets()
 
-    def _drain(self, sock: zmq.Socket, budget: int = 256) -> None:
-        for _ in range(budget):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            if sock is self._pull:
-                self._from_outbox(frames)
-            else:
-                self._from_network(sock, frames)
+    def _pump(self, done: Callable[[], bool]) -> None:
+        """Read and dispatch messages until ``done()`` (the caller holds the role)."""
+        link = self.link
+        handled = 0
+        while not done():
+            frames = link.recv()
+            if frames is not None:
+                self._from_network(frames)
+                handled += 1
+                if handled & 255:
+                    continue
+            handled = 0
+            if self._housekeeping():
+                continue
+            if not done():
+                link.wait(self._until_tick())
 
-    def _from_outbox(self, frames: list) -> None:
-        if len(frames) == 1:
-            while self._soon:
-                self._soon.popleft()()
-            return
-        self._route(frames)
+    def _housekeeping(self) -> bool:
+        """Queued ``call_soon`` work, coalesced work and due ticks; True if it ran any
+        ``call_soon`` work (which may have sent or queued more)."""
+        ran = bool(self._soon)
+        while self._soon:
+            self._soon.popleft()()
+        self._after_drain()
+        now = time.monotonic()
+        if now - self._last_tick >= self.tick_interval:
+            self._last_tick = now
+            self._tick(now)
+            self.refs.flush()
+        return ran
+
+    def _until_tick(self) -> float:
+        return max(0.0, self._last_tick + self.tick_interval - time.monotonic())
 
     @abc.abstractmethod
     def _route(self, frames: list) -> None:
         """Deliver a message built by this process."""
 
     @abc.abstractmethod
-    def _from_network(self, sock: zmq.Socket, frames: list) -> None:
-        """Handle a message from the network socket *sock*."""
+    def _from_network(self, frames: list) -> None:
+        """Handle a message from the network socket."""
 
     def _tick(self, now: float) -> None:
         """Periodic work on the I/O thread: heartbeats, deadlines (subclasses)."""
@@ -267,8 +353,7 @@ class Node(abc.ABC):
                 entry[0]._set_exception(err)
 
     def _close_sockets(self) -> None:
-        for sock in (self._pull, *self._sockets()):
-            sock.close()  # each socket's own LINGER: a worker's last BYE still goes out
+        self.link.close()  # the socket's own LINGER: a worker's last BYE still goes out
 
     # --- dispatch of authenticated messages (I/O thread) -------------------------------
 

@@ -1,8 +1,11 @@
-"""The worker runtime: handshake, I/O thread, and tasks on the main thread.
+"""The worker runtime: handshake, the link, and tasks on the main thread.
 
-Started by ``python -m clustermgr.worker`` (``worker/__main__.py``).  The main thread runs
-tasks one at a time, so heartbeats, interrupts and requests for values this worker owns
-keep flowing on the I/O thread while user code computes.  While a task waits for a Future
+Started by ``python -m clustermgr.worker`` (``worker/__main__.py``).  The main thread reads
+the link itself between tasks: a CALL runs where it is read and its RESULT goes out from the
+same thread, with no thread hop.  It hands the link over while it runs a task: once a task
+has run for ``TAKEOVER_AFTER`` seconds the I/O thread reads instead, so heartbeats,
+interrupts and requests for values this worker owns keep flowing while user code computes;
+when the task ends the main thread takes the link back.  While a task waits for a Future
 on the main thread, the worker keeps running incoming calls (nested), so two workers that
 call each other cannot deadlock.
 
@@ -34,13 +37,15 @@ from ..auth import client_auth
 from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
 from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
-from ..transport import Node, set_current_node
+from ..transport import Link, Node, log, set_current_node
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED = \
     3, 4, 5, 6, 7
 #: Tasks that wait may run incoming calls nested, this deep at most; calls arriving past
 #: that wait their turn (in order) instead of growing the stack without bound.
 MAX_NESTING = 32
+#: A task running longer than this hands the link to the I/O thread (see the docstring).
+TAKEOVER_AFTER = 0.05
 _WAKE = object()
 _SHUTDOWN = object()
 
@@ -66,6 +71,11 @@ class WorkerNode(Node):
         self.dealer.setsockopt(zmq.SNDHWM, 0)
         self.dealer.setsockopt(zmq.RCVHWM, 0)
         self.dealer.connect(address)
+        self.link = Link(self.dealer)
+        self._main = threading.main_thread().ident
+        self._main_reads = False  # the main thread holds the link's reading role
+        self._want_role = False  # the main thread waits for the I/O thread to give it back
+        self._interrupt_now = False  # an INTERRUPT the main thread read for its own task
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.deferred: collections.deque[Any] = collections.deque()  # calls past MAX_NESTING
         self.heartbeat_interval = 1.0
@@ -129,33 +139,34 @@ class WorkerNode(Node):
 
     # --- the Node hooks -----------------------------------------------------------------
 
-    def _sockets(self) -> list[zmq.Socket]:
-        return [self.dealer]
-
     def _route(self, frames: list) -> None:
-        self.dealer.send_multipart(frames, copy=False)
+        self.link.send(frames)
 
-    def _from_network(self, sock: zmq.Socket, frames: list) -> None:
+    def _from_network(self, frames: list) -> None:
         hdr = P.unpack_header(frames[0])  # the master is authenticated: trust its framing
         self.last_from_master = time.monotonic()
         self.dispatch(hdr, frames)
 
     def _on_call(self, hdr: Header, frames: list) -> None:
-        self.inbox.put((hdr, frames))
+        if threading.get_ident() != self._main:
+            self.inbox.put((hdr, frames))  # the I/O thread reads: the main thread runs it
+        elif self.running < MAX_NESTING and not self.deferred:
+            self.run_task(hdr, frames)  # read by the main thread: run it here and now
+        else:
+            self.deferred.append((hdr, frames))
 
     def _on_control(self, hdr: Header, frames: list) -> None:
         kind = hdr.kind
         if kind == Kind.INTERRUPT:
             if self.running:
-                self.interrupting = (self.task_seq, 10)
-                self._signal_main()
+                self._interrupt()
         elif kind == Kind.SHUTDOWN:
             self.inbox.put(_SHUTDOWN)
         elif kind == Kind.REFUSED:  # a new master on the same address: start over
             self.restarted = True
             self.inbox.put(_SHUTDOWN)
             if self.running:
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+                self._interrupt()
         elif kind == Kind.MEMBERS:
             msg = P.load_json(frames[1])
             self.members = [int(w) for w in msg.get("workers", [])]
@@ -166,6 +177,15 @@ class WorkerNode(Node):
             self.members = [w for w in self.members if w != wid]
             self.fail_target(wid, ProcessExitedError(wid, str(msg.get("cause", "?"))))
 
+    def _interrupt(self) -> None:
+        """Interrupt the running task: read on the main thread (the task waits for a
+        Future), it raises at a clean point of the wait; read by the I/O thread, by SIGINT."""
+        if threading.get_ident() == self._main:
+            self._interrupt_now = True
+        else:
+            self.interrupting = (self.task_seq, 10)
+            self._signal_main()
+
     def _signal_main(self) -> None:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
 
@@ -173,7 +193,10 @@ class WorkerNode(Node):
         """A signal can be swallowed (C code that retries on EINTR): repeat it while the
         same task is still in user code, a few times."""
         seq, left = self.interrupting or (0, 0)
-        if left and seq == self.task_seq and self.in_user_code:
+        if threading.get_ident() == self._main:  # the task waits, reading: no signal
+            self.interrupting = None
+            self._interrupt_now = bool(left and seq == self.task_seq)
+        elif left and seq == self.task_seq and self.in_user_code:
             self.interrupting = (seq, left - 1)
             self._signal_main()
         else:
@@ -184,7 +207,7 @@ class WorkerNode(Node):
             self._repeat_interrupt()
         if now - self.last_beat >= self.heartbeat_interval:
             self.last_beat = now
-            self.dealer.send_multipart([pack_header(Kind.HEARTBEAT, 0, self.myid, 1), b""])
+            self.link.send([pack_header(Kind.HEARTBEAT, 0, self.myid, 1), b""])
         silent = now - self.last_from_master
         if silent > self.master_grace and not self.leaving:
             os.write(2, f"clustermgr worker {self.myid}: no word from the master for "
@@ -221,9 +244,20 @@ class WorkerNode(Node):
 
     def block_until(self, fut: Any, timeout: float | None) -> bool:
         """On the main thread: keep running incoming calls while waiting for *fut*."""
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != self._main:
             return super().block_until(fut, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        took = not self._main_reads and self.link.take_role(blocking=False)
+        if self._main_reads or took:  # read the link here until fut is done
+            self._main_reads = True
+            fut.add_done_callback(lambda _: self.link.wake())  # done by another thread
+            try:
+                return self._serve_main(fut, deadline)
+            finally:
+                if took:
+                    self._main_reads = False
+                    self.link.give_role()
+        # The I/O thread reads the link: it queues calls for this thread in the inbox.
         fut.add_done_callback(lambda _: self.inbox.put(_WAKE))
         while not fut.done():
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -248,24 +282,96 @@ class WorkerNode(Node):
 
     # --- the main thread ----------------------------------------------------------------
 
+    def _serve_main(self, fut: Any, deadline: float | None) -> bool:
+        """Read the link on the main thread (holding the role) and run what arrives, until
+        *fut* is done (True), *deadline* passes (False), or, with no *fut*, the worker is
+        asked to leave."""
+        link = self.link
+        while True:
+            if fut is None:
+                if self.leaving:
+                    return True
+            elif fut.done():
+                return True
+            if self._interrupt_now:
+                self._interrupt_now = False
+                if self.in_user_code:
+                    raise KeyboardInterrupt  # into the task that waits
+            if self.deferred and self.running < MAX_NESTING:
+                self.run_task(*self.deferred.popleft())
+                continue
+            if not self.inbox.empty():  # queued by the I/O thread: they came first
+                item = self.inbox.get()
+                if item is _SHUTDOWN:
+                    self.leaving = True
+                elif item is not _WAKE:
+                    self.deferred.append(item)
+                continue
+            frames = link.recv()
+            if frames is not None:
+                self._from_network(frames)
+                continue
+            if self._housekeeping():
+                continue
+            wait = self._until_tick()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return fut.done()
+                wait = min(wait, left)
+            if fut is None or not fut.done():
+                link.wait(wait)
+
     def run_task(self, hdr: Header, frames: list) -> None:
         self.task_seq += 1
         self.running += 1
+        reads = self._main_reads
+        if reads:  # the I/O thread may read while the task runs long
+            self._main_reads = False
+            self.link.give_role()
         try:
             execute(self, hdr, frames)
         finally:
             self.running -= 1
             flush_std()
+            if reads:
+                self._take_role_back()
+                self._main_reads = True
+
+    def _take_role_back(self) -> None:
+        if self.link.take_role(blocking=False):
+            return
+        self._want_role = True  # the I/O thread took over: it gives the role back
+        self.link.wake()
+        self.link.take_role()
+        self._want_role = False
+
+    def _run(self) -> None:
+        """The I/O thread: reads the link while a task runs longer than TAKEOVER_AFTER."""
+        try:
+            seen = -1
+            while not self._stopping.wait(TAKEOVER_AFTER):
+                seq = self.task_seq
+                if self.running and seq == seen and not self._main_reads \
+                        and self.link.take_role(blocking=False):
+                    try:
+                        self._pump(lambda: self._want_role or self._stopping.is_set())
+                    finally:
+                        self.link.give_role()
+                seen = seq
+        except Exception:  # the I/O thread must never die silently
+            log.exception("clustermgr I/O thread crashed")
+            self._on_io_crash()
+        finally:
+            self._close_sockets()
 
     def serve(self) -> None:
         """Run tasks until the master asks this worker to leave."""
+        self.link.take_role()
+        self._main_reads = True
         while not self.leaving:
             try:
-                item = self.deferred.popleft() if self.deferred else self.inbox.get()
-                if item is _SHUTDOWN:
-                    break
-                if item is not _WAKE:
-                    self.run_task(*item)
+                self._serve_main(None, None)
             except KeyboardInterrupt:
                 continue  # an interrupt that arrived after its task finished
         self.send_msg(Kind.BYE, P.MASTER_ID)
