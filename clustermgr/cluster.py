@@ -230,10 +230,12 @@ def _await_joins(m: MasterNode, launches: list[Launch], timeout: float,
                 late = now - launch.started > timeout
                 if not launch.wid and not launch.error and not launch.queued and late:
                     launch.error = f"did not join within timeout={timeout} s"
-            waiting = [launch for launch in launches if not launch.wid and not launch.error]
+            waiting = [launch for launch in launches
+                       if not launch.error and not (launch.wid and launch.wid <= m.announced)]
             if not waiting:
                 break
-            clocks = [launch.started + timeout for launch in waiting if not launch.queued]
+            clocks = [launch.started + timeout for launch in waiting
+                      if not launch.queued and not launch.wid]
             m.joined.wait(min(clocks) - now if clocks else 1.0)
     failed = [launch for launch in launches if launch.error]
     joined = sorted(launch.wid for launch in launches if launch.wid)

@@ -94,6 +94,7 @@ class MasterNode(Node):
         self.load: dict[int, int] = {}
         self.joined = threading.Condition()
         self._next_wid = 2
+        self.announced = 1  # the highest id every worker has been told of (under joined)
         self._last_beat = 0.0
         self._rr = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -429,6 +430,11 @@ class MasterNode(Node):
         if self._members_dirty:
             self._members_dirty = False
             self._send_members()
+            # addprocs returns only now: a call its caller sends next (from its own thread,
+            # on the same connection) reaches each worker after the new membership
+            with self.joined:
+                self.announced = self._next_wid - 1
+                self.joined.notify_all()
 
     def _send_members(self) -> None:
         body = P.dump_json({"workers": self.live_ids(), "topology": self.topology})

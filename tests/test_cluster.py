@@ -121,6 +121,18 @@ def test_eager_routes(fresh):
     assert cm.addprocs(3, lazy=False) == [2, 3, 4]
 
 
+def test_every_worker_knows_the_cluster_addprocs_returns(fresh):
+    # addprocs returns once every worker has been told of the new ones: a call sent
+    # next (on the caller's thread, straight to the socket) cannot overtake that news
+    for _ in range(3):
+        ids = cm.addprocs(2, topology="all_to_all")
+        everyone = cm.workers()
+        assert set(ids) <= set(everyone)
+        for w in everyone:
+            assert cm.remotecall_fetch(cm.workers, w) == everyone
+            assert cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, ids[-1]), w) == ids[-1]
+
+
 def test_addprocs_in_background_thread_gives_early_workers(fresh):
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("ids", cm.addprocs(3)))
