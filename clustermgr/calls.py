@@ -130,6 +130,8 @@ class Future:
         self._exception: BaseException | None = None
         self._callbacks: list[Callable[[Future], None]] = []
         self._proxy: Future | None = None  # for a Future owned elsewhere: our FETCH
+        #: seconds the call ran on its worker, as the worker timed it (None: not known)
+        self.run_time: float | None = None
 
     def __repr__(self) -> str:
         state = "ready" if self._event.is_set() else "pending"

@@ -105,3 +105,8 @@ class TopologyError(ClusterError):
 
 class ChannelClosedError(ClusterError):
     """``put`` on a closed RemoteChannel, or ``take``/``fetch`` on a closed, empty one."""
+
+
+class CallRevoked(ClusterError):
+    """A call its scheduler withdrew before it started (to run it on a worker that is free):
+    the pipelining schedulers (pmap, ClusterExecutor) send it elsewhere; users never see it."""

@@ -41,12 +41,11 @@ from concurrent.futures import Future as CFuture
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
 
-from .errors import DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
+from .errors import CallRevoked, DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
+from .window import POLL, Window
 
 log = logging.getLogger("clustermgr")
 
-#: calls in flight per worker: one running, one queued behind it so the worker never idles
-SLOTS_PER_WORKER = 2
 
 _executors: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
 _interpreter_exiting = False
@@ -91,11 +90,12 @@ def parse_bytes(value: int | str | None) -> int | None:
 
 
 class _Item:
-    __slots__ = ("future", "fn", "args", "kwargs", "running")
+    __slots__ = ("future", "fn", "args", "kwargs", "running", "token")
 
     def __init__(self, future: CFuture, fn: Callable, args: tuple, kwargs: dict) -> None:
         self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
         self.running = False  # set_running_or_notify_cancel() said yes
+        self.token = 0  # its call's token in the dispatcher's pipelining window
 
 
 class ClusterExecutor(Executor):
@@ -144,6 +144,7 @@ class ClusterExecutor(Executor):
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: collections.deque[_Item] = collections.deque()
         self._inflight: dict[int, int] = {}       # worker -> calls in flight
+        self._window = Window()                   # how many each may have (dispatcher's)
         self._tasks_done: dict[int, int] = {}     # worker -> tasks finished (recycling)
         self._retiring: set[int] = set()
         self._owned: set[int] = set()
@@ -315,6 +316,37 @@ class ClusterExecutor(Executor):
         return self._stop_when_idle and idle
 
     def _dispatch(self) -> None:
+        self._send_pending()
+        if not self._pending and self._window.stuck():
+            self._steal()
+
+    def _steal(self) -> None:
+        """Idle workers while tasks wait behind a long one elsewhere: withdraw those tasks
+        (they come back as ``CallRevoked`` and go to the idle workers)."""
+        from .calls import get_node
+
+        with self._lock:
+            idle = [w for w, n in self._inflight.items() if not n and w not in self._retiring]
+        for fut in self._window.steal(sum(self._window.depth(w) for w in idle)):
+            get_node().revoke(fut)
+
+    def poll_interval(self) -> float | None:
+        """How long the dispatcher may wait for an event (None: until one comes)."""
+        if self._pending or not self._window.queued():
+            return None
+        with self._lock:
+            idle = any(not n for w, n in self._inflight.items() if w not in self._retiring)
+        return POLL if idle else None
+
+    def _depth(self, wid: int) -> int:
+        """Calls *wid* may hold: its pipelining window, and no more than it has left to
+        run under ``max_tasks_per_child`` (a recycled worker takes none past its quota)."""
+        depth = self._window.depth(wid)
+        if self._max_tasks is not None:
+            depth = min(depth, self._max_tasks - self._tasks_done.get(wid, 0))
+        return depth
+
+    def _send_pending(self) -> None:
         from .calls import remotecall
 
         while self._pending:
@@ -323,7 +355,7 @@ class ClusterExecutor(Executor):
                 return
             with self._lock:
                 free = [w for w, n in self._inflight.items()
-                        if n < SLOTS_PER_WORKER and w not in self._retiring]
+                        if n < self._depth(w) and w not in self._retiring]
             if not free:
                 if not self._inflight and not self._starting:
                     self._break("every worker of the executor is gone and none can replace them")
@@ -348,6 +380,7 @@ class ClusterExecutor(Executor):
                 continue
             with self._lock:
                 self._inflight[wid] += 1
+            item.token = self._window.sent(wid, fut)
             fut.add_done_callback(functools.partial(self._call_done, wid, item))
 
     def _call_done(self, wid: int, item: _Item, fut: Any) -> None:
@@ -355,6 +388,13 @@ class ClusterExecutor(Executor):
         self._events.put(("done", (wid, item, fut)))
 
     def _finished(self, wid: int, item: _Item, fut: Any) -> None:
+        self._window.done(wid, item.token, fut.run_time)
+        if isinstance(fut._exception, CallRevoked):  # withdrawn unstarted: to the front
+            with self._idle:
+                if wid in self._inflight:
+                    self._inflight[wid] -= 1
+            self._pending.appendleft(item)
+            return
         with self._idle:
             if wid in self._inflight:
                 self._inflight[wid] -= 1
@@ -410,18 +450,25 @@ class ClusterExecutor(Executor):
         self._events.put(("wake", None))
 
     def _worker_gone(self, wid: int, exc: ProcessExitedError) -> None:
+        self._window.forget(wid)
         with self._lock:
             known = self._inflight.pop(wid, None) is not None
             self._owned.discard(wid)
             self._retiring.discard(wid)
-        if known and (self._shutdown or "removed by rmprocs" in exc.cause):
+        if not known:
+            return
+        removed = "removed by rmprocs" in exc.cause
+        if self._shutdown or removed:
             log.info("executor worker %d left (%s)", wid, exc.cause)
-        elif known:
+        else:
             log.warning("executor worker %d died (%s)", wid, exc.cause)
+        if not removed:
             self._replace_one()
 
     def _replace_one(self) -> None:
-        if not self._replace or self._factory is None or self._shutdown:
+        """Start a worker in place of one that died or retires (dispatcher thread).  After
+        ``shutdown`` only while submitted work still waits: it completes, as the stdlib's."""
+        if not self._replace or self._factory is None or (self._shutdown and not self._pending):
             return
         self._starting += 1
         threading.Thread(target=self._start_replacement, daemon=True,
@@ -468,16 +515,21 @@ def _release(owned: set[int], made: list[Any]) -> None:
 
 def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: queue.SimpleQueue) -> None:
     """The dispatcher thread: one event at a time, holding the executor only meanwhile."""
+    poll: float | None = None
     while True:
-        kind, what = events.get()
+        try:
+            kind, what = events.get(timeout=poll)
+        except queue.Empty:  # a worker idles while tasks wait behind a long one: look again
+            kind, what = "wake", None
         executor = ref()
         if executor is None:
             return  # collected: _collected() ends its workers
         try:
             stop = executor._step(kind, what)
+            poll = executor.poll_interval()
         except Exception:  # noqa: BLE001 - the dispatcher must not die silently
             log.exception("ClusterExecutor dispatcher failed")
-            stop = False
+            stop, poll = False, None
         if stop:
             executor._release()
             return

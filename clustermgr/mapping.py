@@ -1,7 +1,8 @@
 """pmap and preduce.
 
-pmap keeps ``PREFETCH`` batches in flight per worker (so a worker never waits for its next
-batch), ships ``f`` once per worker, and treats "f raised" and "the worker died" alike: each
+pmap keeps as many batches in flight per worker as its pipelining window says (``window.py``:
+deep for tiny batches, so a worker never waits for its next one; one at a time for long
+ones, so a short batch never queues behind a long one), ships ``f`` once per worker, and treats "f raised" and "the worker died" alike: each
 failed item is retried per ``retry_delays``/``retry_check``, then handed to ``on_error`` or
 raised.  Results come back in input order, each exactly once.
 """
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .calls import ErrorPayload, Future, get_node, local_error, remotecall
-from .errors import ClusterError, ProcessExitedError, RemoteError
+from .errors import CallRevoked, ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .transport import Signal
+from .window import POLL, Window
 
 PREFETCH = 2
 AUTO_BATCHES_PER_WORKER = 4
@@ -135,6 +137,7 @@ class _PMap:
         self.retry_todo: list[list[int]] = []  # due retries, each sent to another worker
         self.failed_on: dict[int, set[int]] = {}  # item -> workers it failed on
         self.inflight: dict[int, int] = {}
+        self.window = Window()
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
         self.node = get_node()
         self.wake = Signal()  # set by each completion; see _next_completion
@@ -172,14 +175,28 @@ class _PMap:
         for wid in list(self.inflight):
             if wid not in ids:
                 del self.inflight[wid]
-        for level in range(PREFETCH):  # least busy first: every worker gets one, then a second
+                self.window.forget(wid)
+        depths = {wid: self.window.depth(wid) for wid in ids}
+        for level in range(max(depths.values())):  # every worker gets one, then a second...
             for wid in ids:
                 if not self.todo and not self.retry_todo:
+                    self._steal(ids)
                     return
-                if self.inflight.get(wid, 0) == level:
+                if self.inflight.get(wid, 0) == level < depths[wid]:
                     batch = self._pick(wid, ids)
                     if batch is not None:
                         self._send(batch, wid)
+
+    def _idle(self, ids: list[int]) -> int:
+        """How many calls the idle workers of *ids* could take now."""
+        return sum(self.window.depth(wid) for wid in ids if not self.inflight.get(wid, 0))
+
+    def _steal(self, ids: list[int]) -> None:
+        """Nothing left to send, a worker idles, and batches wait behind a long one on
+        another: withdraw them (they come back as ``CallRevoked``, to be sent again)."""
+        if self.window.stuck():
+            for fut in self.window.steal(self._idle(ids)):
+                self.node.revoke(fut)
 
     def _pick(self, wid: int, ids: list[int]) -> Sequence[int] | None:
         """The next batch for *wid*: a due retry that has not failed on it (unless it has
@@ -200,13 +217,14 @@ class _PMap:
             self._failed_batch(batch, exc, wid)
             return
         self.inflight[wid] = self.inflight.get(wid, 0) + 1
-        fut.add_done_callback(lambda fut: self._completed((batch, wid, fut)))
+        token = self.window.sent(wid, fut)
+        fut.add_done_callback(lambda fut: self._completed((batch, wid, fut, token)))
 
     def _completed(self, entry: tuple) -> None:
         self.done_q.put(entry)
         self.wake.set()
 
-    def _next_completion(self) -> tuple[list[int], int, Future] | None:
+    def _next_completion(self) -> tuple[Sequence[int], int, Future, int] | None:
         wait = None
         if self.retries:
             wait = max(0.0, self.retries[0][0] - time.monotonic())
@@ -215,6 +233,8 @@ class _PMap:
             if left <= 0:
                 raise TimeoutError(f"pmap did not finish within timeout={self.timeout} s")
             wait = left if wait is None else min(wait, left)
+        if not self.todo and self.window.queued() and self._idle(self.pool.workers()):
+            wait = POLL if wait is None else min(wait, POLL)  # look again for batches to move
         # Wait through the node, not on the queue: on a worker's main thread (a nested
         # pmap) the node keeps running calls meanwhile, so two workers that pmap onto each
         # other cannot deadlock.
@@ -226,11 +246,15 @@ class _PMap:
         except queue.Empty:
             return None
 
-    def _handle(self, done: tuple[Sequence[int], int, Future] | None) -> None:
+    def _handle(self, done: tuple[Sequence[int], int, Future, int] | None) -> None:
         if done is None:
             return
-        batch, wid, fut = done
+        batch, wid, fut, token = done
         self.inflight[wid] = max(0, self.inflight.get(wid, 0) - 1)
+        self.window.done(wid, token, fut.run_time)
+        if isinstance(fut._exception, CallRevoked):  # withdrawn unstarted: send it next
+            self.todo.append(batch)
+            return
         try:
             values = fut.fetch()
         except (RemoteError, ProcessExitedError) as exc:

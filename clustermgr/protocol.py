@@ -76,6 +76,7 @@ class Kind(enum.IntEnum):
     PEER_DIED = 25     # master tells workers a peer is gone (JSON)
     BYE = 26           # a worker says it is leaving
     REFS = 27          # reference counts for objects the receiver owns (JSON, refs.py)
+    REVOKE = 28        # withdraw a CALL the receiver holds unstarted (ref = the CALL's id)
 
 
 class Flag(enum.IntFlag):
@@ -84,6 +85,7 @@ class Flag(enum.IntFlag):
     WANT_VALUE = 2     # CALL: send the value back
     WANT_ACK = 4       # CALL: send back only completion (remotecall_wait)
     STDERR = 8         # OUTPUT came from stderr
+    REVOKED = 16       # RESULT: the CALL was withdrawn before it started (REVOKE); no body
 
 
 @dataclass(frozen=True, slots=True)

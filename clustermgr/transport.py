@@ -42,7 +42,7 @@ import zmq
 
 from . import serialize
 from .channels import ChannelStore
-from .errors import ClusterError, ProcessExitedError
+from .errors import CallRevoked, ClusterError, ProcessExitedError
 from .protocol import Flag, Header, Kind, pack_header
 from .refs import RefTable
 
@@ -232,6 +232,12 @@ class Node(abc.ABC):
                  flags: int = 0, mid: int = 0, ref: int = 0) -> None:
         self.send([pack_header(kind, flags, self.myid, dst, mid, ref), *frames])
 
+    def revoke(self, fut: Future) -> None:
+        """Ask the worker holding *fut*'s call not to start it (any thread).  If it has not,
+        *fut* fails with ``CallRevoked``; if it has, this is moot and the call completes."""
+        if fut.where != self.myid and not fut.done():
+            self.send([pack_header(Kind.REVOKE, 0, self.myid, fut.where, 0, fut.id), b""])
+
     def request(self, kind: Kind, dst: int, obj: Any, fut: Future, flags: int = 0,
                 ref: int = 0) -> None:
         """Send a request whose RESULT completes *fut* (``fut.id`` is the message id)."""
@@ -375,6 +381,12 @@ class Node(abc.ABC):
     def _on_result(self, hdr: Header, frames: list) -> None:
         entry = self.pending.pop(hdr.ref, None)
         if entry is not None:
+            if hdr.flags & Flag.REVOKED:
+                entry[0]._set_exception(CallRevoked(f"call {hdr.ref} was withdrawn unstarted "
+                                                    f"from worker {hdr.src}"))
+                return
+            if hdr.id:
+                entry[0].run_time = (hdr.id - 1) / 1e6
             entry[0]._set_frames(frames[1:], hdr.flags, hdr.src)
 
     @abc.abstractmethod

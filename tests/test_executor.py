@@ -45,6 +45,16 @@ def test_max_tasks_per_child_recycles_workers(fresh):
     assert len(set(pids)) == 3 and pids[0] == pids[1] != pids[2]
 
 
+def test_max_tasks_per_child_holds_with_a_deep_window(fresh):
+    # tiny tasks deepen the pipelining window; no worker still gets more than its quota,
+    # and work submitted before shutdown completes on replacements
+    with ClusterExecutor(2, max_tasks_per_child=3) as ex:
+        futs = [ex.submit(os.getpid) for _ in range(30)]
+        ex.shutdown(wait=True)
+        pids = [f.result(60) for f in futs]
+    assert max(pids.count(p) for p in set(pids)) <= 3 and len(set(pids)) >= 10
+
+
 def test_max_memory_per_child_recycles_a_worker_that_grew(fresh):
     with ClusterExecutor(1, max_memory_per_child="200MB") as ex:
         first = ex.submit(os.getpid).result(60)

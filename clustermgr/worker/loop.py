@@ -78,6 +78,10 @@ class WorkerNode(Node):
         self._interrupt_now = False  # an INTERRUPT the main thread read for its own task
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.deferred: collections.deque[Any] = collections.deque()  # calls past MAX_NESTING
+        # CALLs read but not started, by (caller, id), and those withdrawn by a REVOKE
+        self._unstarted: set[tuple[int, int]] = set()
+        self._revoked: set[tuple[int, int]] = set()
+        self._revoke_lock = threading.Lock()
         self.heartbeat_interval = 1.0
         self.master_grace = 60.0
         self.last_from_master = time.monotonic()
@@ -149,15 +153,33 @@ class WorkerNode(Node):
 
     def _on_call(self, hdr: Header, frames: list) -> None:
         if threading.get_ident() != self._main:
+            with self._revoke_lock:
+                self._unstarted.add((hdr.src, hdr.id))
             self.inbox.put((hdr, frames))  # the I/O thread reads: the main thread runs it
         elif self.running < MAX_NESTING and not self.deferred:
             self.run_task(hdr, frames)  # read by the main thread: run it here and now
         else:
+            with self._revoke_lock:
+                self._unstarted.add((hdr.src, hdr.id))
             self.deferred.append((hdr, frames))
+
+    def _on_revoke(self, hdr: Header) -> None:
+        """A caller withdraws a CALL (its scheduler found a free worker for it): if it is
+        still waiting here, it will not run and the caller hears so; if it started, the
+        REVOKE is moot and its RESULT comes as usual."""
+        key = (hdr.src, hdr.ref)
+        with self._revoke_lock:
+            if key not in self._unstarted:
+                return
+            self._unstarted.discard(key)
+            self._revoked.add(key)
+        self.send([pack_header(Kind.RESULT, Flag.REVOKED, self.myid, hdr.src, 0, hdr.ref), b""])
 
     def _on_control(self, hdr: Header, frames: list) -> None:
         kind = hdr.kind
-        if kind == Kind.INTERRUPT:
+        if kind == Kind.REVOKE:
+            self._on_revoke(hdr)
+        elif kind == Kind.INTERRUPT:
             if self.running:
                 self._interrupt()
         elif kind == Kind.SHUTDOWN:
@@ -325,6 +347,13 @@ class WorkerNode(Node):
                 link.wait(wait)
 
     def run_task(self, hdr: Header, frames: list) -> None:
+        if self._unstarted or self._revoked:
+            key = (hdr.src, hdr.id)
+            with self._revoke_lock:
+                if key in self._revoked:
+                    self._revoked.discard(key)
+                    return  # withdrawn while it waited; its caller was told
+                self._unstarted.discard(key)
         self.task_seq += 1
         self.running += 1
         reads = self._main_reads
