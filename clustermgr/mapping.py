@@ -155,9 +155,10 @@ class _PMap:
 
     def run(self) -> list[Any]:
         try:
-            while self.remaining:
-                self._submit_ready()
-                self._handle(self._next_completion())
+            with self.node.reading():  # this thread reads the results itself
+                while self.remaining:
+                    self._submit_ready()
+                    self._handle(self._next_completion())
             return self.results
         finally:
             if self.own_cache:
@@ -176,16 +177,20 @@ class _PMap:
             if wid not in ids:
                 del self.inflight[wid]
                 self.window.forget(wid)
-        depths = {wid: self.window.depth(wid) for wid in ids}
-        for level in range(max(depths.values())):  # every worker gets one, then a second...
-            for wid in ids:
+        room = {wid: self.window.depth(wid) - self.inflight.get(wid, 0) for wid in ids}
+        open_ = [wid for wid in ids if room[wid] > 0]
+        while open_:  # round robin: every worker with room gets one, then a second...
+            for wid in open_:
                 if not self.todo and not self.retry_todo:
                     self._steal(ids)
                     return
-                if self.inflight.get(wid, 0) == level < depths[wid]:
-                    batch = self._pick(wid, ids)
-                    if batch is not None:
-                        self._send(batch, wid)
+                batch = self._pick(wid, ids)
+                if batch is not None:
+                    self._send(batch, wid)
+                room[wid] -= 1
+            open_ = [wid for wid in open_ if room[wid] > 0]
+        if not self.todo and not self.retry_todo:
+            self._steal(ids)
 
     def _idle(self, ids: list[int]) -> int:
         """How many calls the idle workers of *ids* could take now."""

@@ -64,6 +64,8 @@ class WorkerInfo:
 class MasterNode(Node):
     """Process 1.  Created by ``cluster.node()`` on first use."""
 
+    _leasable = True
+
     def __init__(self, settings: Settings) -> None:
         self._members_dirty = False
         super().__init__(P.MASTER_ID)

@@ -79,13 +79,18 @@ class Kind(enum.IntEnum):
     REVOKE = 28        # withdraw a CALL the receiver holds unstarted (ref = the CALL's id)
 
 
-class Flag(enum.IntFlag):
+class Flag:
+    """Bits of a header's flags (plain ints: the hot path tests them per message)."""
+
     NONE = 0
     ERROR = 1          # RESULT body is an exception
     WANT_VALUE = 2     # CALL: send the value back
     WANT_ACK = 4       # CALL: send back only completion (remotecall_wait)
     STDERR = 8         # OUTPUT came from stderr
     REVOKED = 16       # RESULT: the CALL was withdrawn before it started (REVOKE); no body
+
+
+_KINDS = {k.value: k for k in Kind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +115,10 @@ def unpack_header(frame: Any) -> Header:
     version, kind, flags, src, dst, mid, ref = _HEADER.unpack(getattr(frame, "buffer", frame))
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {kind}") from None
-    return Header(kind, flags, src, dst, mid, ref)
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown message kind {kind}")
+    return Header(known, flags, src, dst, mid, ref)
 
 
 def dump_json(obj: Any) -> bytes:

@@ -69,9 +69,10 @@ class RefTable:
         dest = serialize.destination()
         dest = PINNED if dest is None else dest
         if owner == self.node.myid:
-            self._count(kind, oid, obj, dest, 1)
+            serialize.on_sent(lambda: self._count(kind, oid, obj, dest, 1))
         else:  # before the message itself: the same outbox keeps the order
-            self.node.send_msg(Kind.REFS, owner, (P.dump_json({"add": [[kind, oid, dest, 1]]}),))
+            body = (P.dump_json({"add": [[kind, oid, dest, 1]]}),)
+            serialize.on_sent(lambda: self.node.send_msg(Kind.REFS, owner, body))
 
     def _count(self, kind: str, oid: Any, obj: Any, pid: int, n: int) -> None:
         with self._lock:

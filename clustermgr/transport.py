@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import itertools
 import logging
 import os
 import select
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -105,6 +107,11 @@ class Signal:
         fn(self)
 
 
+# pyzmq's constants are enums, and its send_multipart/recv_multipart combine them per
+# frame; the link does the same with plain ints (a measurable share of a tiny call).
+_SNDMORE, _NOBLOCK, _EVENTS, _POLLIN = int(zmq.SNDMORE), int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+
+
 class Link:
     """One ZeroMQ socket that several threads use: any thread sends, one thread reads.
 
@@ -132,10 +139,13 @@ class Link:
         with self.lock:
             if self.closed:
                 raise zmq.ZMQError(zmq.ENOTSOCK, "the cluster link is closed")
-            self.sock.send_multipart(frames, copy=False)
+            sock = self.sock
+            last = len(frames) - 1
+            for i, frame in enumerate(frames):
+                sock.send(frame, _SNDMORE if i < last else 0, copy=False)
             # A send may take the "readable" edge of the socket's descriptor: then the
             # reader, asleep in poll, would not see a message that is already there.
-            if self.reader != threading.get_ident() and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if self.reader != threading.get_ident() and sock.getsockopt(_EVENTS) & _POLLIN:
                 self._wake_locked()
 
     def wake(self) -> None:
@@ -165,14 +175,18 @@ class Link:
     def recv(self) -> list | None:
         """The next message, or None when none is waiting."""
         with self.lock:
-            if self.closed or not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            sock = self.sock
+            if self.closed or not sock.getsockopt(_EVENTS) & _POLLIN:
                 return None
-            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            parts = [sock.recv(_NOBLOCK, copy=False)]
+            while parts[-1].more:  # the rest of a message is there once its first part is
+                parts.append(sock.recv(0, copy=False))
+            return parts
 
     def wait(self, timeout: float) -> None:
         """Sleep until a message may be waiting, a :meth:`wake`, or *timeout* seconds."""
         with self.lock:
-            if self.closed or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if self.closed or self.sock.getsockopt(_EVENTS) & _POLLIN:
                 return
         self._poll.poll(max(0, int(timeout * 1000)))
         try:
@@ -213,6 +227,10 @@ class Node(abc.ABC):
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clustermgr-io", daemon=True)
         self._last_tick = 0.0
+        self._lease_wanted = False  # a thread waits to read the link itself (reading())
+        self._lease_taken = threading.Event()
+        self._leaseholder = 0  # ident of the thread that reads in the I/O thread's place
+        self._sigint = False  # a Ctrl-C that came while the leaseholder (main) read
 
     # --- called from any thread ---------------------------------------------------------
 
@@ -273,8 +291,92 @@ class Node(abc.ABC):
         return None
 
     def block_until(self, fut: Future, timeout: float | None) -> bool:
-        """Wait for *fut*; the worker's main thread overrides this to keep serving calls."""
-        return fut._event.wait(timeout)
+        """Wait for *fut*; the worker's main thread overrides this to keep serving calls.
+        The thread inside :meth:`reading` reads the link while it waits."""
+        if self._leaseholder != threading.get_ident():
+            return fut._event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fut.add_done_callback(self._wake_leaseholder)  # set by another thread: look
+        return self._read_until(fut._event.is_set, deadline)
+
+    def _wake_leaseholder(self, _: Any) -> None:
+        if threading.get_ident() != self._leaseholder:
+            self.link.wake()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[bool]:
+        """Inside, the calling thread reads the link in the I/O thread's place whenever it
+        waits (:meth:`block_until`), so a burst of calls and their results costs no thread
+        hop and no contention for the link or the GIL.  pmap holds it for a whole map.
+        Yields False (and changes nothing) where it does not apply: on a worker, on the
+        I/O thread, or when another thread holds it.  On the main thread a Ctrl-C is held
+        until the next clean point of a wait, then raised there."""
+        me = threading.get_ident()
+        if not self._leasable or self._leaseholder or me == self.link.reader \
+                or self._stopping.is_set() or not self._thread.is_alive():
+            yield False
+            return
+        old_handler = None
+        if me == threading.main_thread().ident and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            old_handler = signal.signal(signal.SIGINT, self._hold_sigint)
+        try:
+            self._lease_taken.clear()
+            self._lease_wanted = True
+            self.link.wake()
+            self.link.take_role()  # the I/O thread gives it up at its next look
+            self._leaseholder = me
+            self._lease_wanted = False
+            self._lease_taken.set()
+            try:
+                yield True
+            finally:
+                self._leaseholder = 0
+                self.link.give_role()
+        finally:
+            self._lease_wanted = False
+            self._lease_taken.set()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+                if self._sigint:
+                    self._sigint = False
+                    raise KeyboardInterrupt
+
+    _leasable = False  # the master's node reads this way; a worker's main thread has its own
+
+    def _hold_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT while the main thread holds the lease: raised at the next clean point,
+        never in the middle of handling a message."""
+        self._sigint = True
+        with contextlib.suppress(OSError):
+            os.write(self.link._w, b"i")  # no lock here: the handler may interrupt one
+
+    def _read_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """The leaseholder reads and dispatches until ``done()`` (True) or *deadline*."""
+        link = self.link
+        handled = 0
+        while True:
+            if done():
+                return True
+            if self._sigint:
+                self._sigint = False
+                raise KeyboardInterrupt
+            frames = link.recv()
+            if frames is not None:
+                self._from_network(frames)
+                handled += 1
+                if handled & 255:
+                    continue
+            handled = 0
+            if self._housekeeping():
+                continue
+            wait = self._until_tick()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return done()
+                wait = min(wait, left)
+            if not done():
+                link.wait(wait)
 
     def start(self) -> None:
         self._thread.start()
@@ -293,10 +395,20 @@ class Node(abc.ABC):
     # --- reading the link ---------------------------------------------------------------
 
     def _run(self) -> None:
-        """The I/O thread (the master's reader for its whole life; workers override)."""
+        """The I/O thread: the master's reader, except while a thread holds the lease
+        (:meth:`reading`); workers override."""
         try:
-            self.link.take_role()
-            self._pump(self._stopping.is_set)
+            stopping = self._stopping.is_set
+            while not stopping():
+                if not self.link.role.acquire(timeout=0.1):
+                    continue
+                self.link.reader = threading.get_ident()
+                try:
+                    self._pump(lambda: stopping() or self._lease_wanted)
+                finally:
+                    self.link.give_role()
+                while self._lease_wanted and not stopping():  # let the leaseholder in
+                    self._lease_taken.wait(0.1)
         except Exception:  # the I/O thread must never die silently
             log.exception("clustermgr I/O thread crashed")
             self._on_io_crash()

@@ -27,3 +27,43 @@ def test_closures_pickle_by_value():
     k = 3
     frames = serialize.dumps(lambda x: x * k)
     assert serialize.loads(frames)(2) == 6
+
+
+def test_importable_objects_take_the_c_pickler():
+    import pickle
+
+    assert serialize.pickle_bytes((abs, [1, 2], {"k": 3})) == pickle.dumps((abs, [1, 2], {"k": 3}), protocol=5)
+
+
+def test_a_function_of_the_users_script_goes_by_value():
+    # pickle would write a reference to __main__.script_fn, which a worker cannot import
+    import sys
+
+    main = sys.modules["__main__"]
+    ns = {"__name__": "__main__"}
+    exec("def script_fn(x):\n    return x + 41\n", ns)
+    fn = ns["script_fn"]
+    main.script_fn = fn
+    try:
+        frames = serialize.dumps(fn)
+    finally:
+        del main.script_fn
+    assert serialize.loads(frames)(1) == 42  # no __main__.script_fn any more: by value
+
+
+def test_large_buffers_are_not_doubled_when_the_c_pickler_gives_way():
+    arr = np.arange(100_000, dtype=np.float64)
+    frames = serialize.dumps((arr, lambda: 1))  # the lambda sends it to cloudpickle
+    assert len(frames) == 2
+    back, fn = serialize.loads(frames)
+    assert (back == arr).all() and fn() == 1
+
+
+def test_a_reference_is_counted_once_when_the_c_pickler_gives_way(cluster):
+    import clustermgr as cm
+    from clustermgr.cluster import master
+
+    fut = cm.Future()
+    serialize.dumps((fut, lambda: 1), 2)  # tried by pickle (refused), then cloudpickle
+    holders = master().refs.owned[("f", fut.id)][1]
+    assert holders == {2: 1}

@@ -1,0 +1,77 @@
+"""The master's read lease: a pmap reads its own results in the I/O thread's place
+(``Node.reading``), and everything else keeps working meanwhile and after."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+import clustermgr as cm
+from clustermgr.cluster import master
+
+
+def _wait_for(cond, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.005)
+
+
+def _slow_identity(x):
+    time.sleep(0.05)
+    return x
+
+
+def test_the_io_thread_reads_again_after_a_pmap(cluster):
+    m = master()
+    assert cm.pmap(abs, range(-500, 0)) == list(range(500, 0, -1))
+    _wait_for(lambda: m.link.reader == m._thread.ident)
+    assert cm.remotecall_fetch(abs, 2, -7) == 7  # from this thread, read by the I/O thread
+
+
+def test_other_threads_calls_complete_while_a_pmap_reads(cluster):
+    m = master()
+    started = threading.Event()
+    seen: list = []
+
+    def other():
+        _wait_for(lambda: m._leaseholder != 0)
+        started.set()
+        seen.extend(cm.remotecall_fetch(abs, w, -w, ) for w in (2, 3) for _ in range(20))
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert cm.pmap(_slow_identity, range(40)) == list(range(40))
+    t.join(60)
+    assert started.is_set() and seen == [2] * 20 + [3] * 20
+
+
+def test_two_pmaps_at_once_both_complete(cluster):
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("t", cm.pmap(_slow_identity, range(30))))
+    t.start()
+    mine = cm.pmap(_slow_identity, range(30, 60))
+    t.join(60)
+    assert mine == list(range(30, 60)) and out["t"] == list(range(30))
+
+
+def test_ctrl_c_during_a_pmap_raises_at_a_clean_point(fresh):
+    cm.addprocs(2)
+    m = master()
+    main = threading.main_thread().ident
+
+    def interrupt():
+        _wait_for(lambda: m._leaseholder == main)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        cm.pmap(_slow_identity, range(400))
+    t.join(30)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    _wait_for(lambda: m.link.reader == m._thread.ident)
+    # nothing half-handled: the cluster answers, results in order
+    assert cm.pmap(abs, range(-50, 0)) == list(range(50, 0, -1))
+    assert cm.remotecall_fetch(abs, 3, -3) == 3
