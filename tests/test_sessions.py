@@ -3,6 +3,7 @@ through real processes (the client in a subprocess where the issue says so)."""
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import cloudpickle
 import psutil
 import pytest
 
@@ -141,6 +143,47 @@ def test_worker_killed_mid_task_is_retried_and_a_raising_task_reports_its_error(
     assert "worker lost" in kinds and "task failed" in kinds
     with pytest.raises(cm.session.TaskFailedError, match="ZeroDivisionError"):
         s.result(bad)
+    s.end()
+
+
+def _square_or_die(x):
+    import os as o
+
+    if x == 250:
+        o.kill(o.getpid(), 9)  # every time: a task that kills whatever worker runs it
+    return x * x
+
+
+def test_batched_tiny_tasks_are_stored_once_and_a_killer_is_isolated(home):
+    # tiny tasks go in batches; when the killer takes its batch down, the batch's other
+    # tasks are not charged: they run one per batch next, and only the killer fails
+    s = start_session(nworkers=2, max_attempts=2)
+    ids = s.map(_square_or_die, range(600))
+    out = s.collect(wait=True, timeout=300)
+    assert sorted(out) == ids
+    killer = ids[250]
+    assert isinstance(out[killer], TaskFailure) and out[killer].type == "ProcessExitedError"
+    assert all(out[t] == i * i for i, t in enumerate(ids) if t != killer)
+    st = s.status()
+    assert st.completed == 599 and st.failed == 1 and st.total == 600
+    s.end()
+
+
+def test_map_pickles_the_function_once_and_items_that_need_cloudpickle_still_work(home):
+    from clustermgr.session.client import _payload
+    from clustermgr.session.daemon import PickledFunction, run_payload
+
+    k = 5
+    fn = lambda x: x() if callable(x) else x + k  # noqa: E731 - by value, with a closure
+    call = PickledFunction(cloudpickle.dumps(fn))
+    plain = _payload(fn, call, 1)
+    assert pickle.loads(plain)[0].blob == call.blob  # the function's bytes, pickled once
+    needs_cloudpickle = _payload(fn, call, lambda: 7)  # an item the C pickler refuses
+    assert [pickle.loads(run_payload(p)[1]) for p in (plain, needs_cloudpickle)] == [6, 7]
+    s = start_session(nworkers=1)
+    ids = s.map(fn, [1, 2, lambda: 9])
+    out = s.collect(wait=True, timeout=120)
+    assert [out[i] for i in ids] == [6, 7, 9]
     s.end()
 
 

@@ -10,6 +10,7 @@ once the daemon has ended.  Closing or killing the client never affects the sess
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import cloudpickle
 import psutil
 
 from .control import Client, SessionError, home, read_credential, wait_for, write_private
+from .daemon import PickledFunction
 from .store import Store
 
 
@@ -304,8 +306,9 @@ class Session:
         """One task per item; their ids, in order."""
         ids: list[int] = []
         items = list(iterable)
+        call = PickledFunction(cloudpickle.dumps(fn))  # by value once, not once per item
         for i in range(0, len(items), chunk):
-            blobs = [cloudpickle.dumps((fn, (x,), {})) for x in items[i:i + chunk]]
+            blobs = [_payload(fn, call, x) for x in items[i:i + chunk]]
             ids += self._request("submit", blobs)["ids"]
         return ids
 
@@ -418,3 +421,14 @@ def _entry(row: tuple) -> Any:
     if state == "completed":
         return cloudpickle.loads(result)
     return TaskFailure(task, kind or "?", message or "", tb or "")
+
+
+def _payload(fn: Callable, call: PickledFunction, x: Any) -> bytes:
+    """One task of a map: the C pickler with the function pickled once, unless the item
+    needs cloudpickle (it fails the C pickler or names the user's script)."""
+    try:
+        if b"__main__" not in pickle.dumps(x, protocol=5):
+            return pickle.dumps((call, (x,), {}), protocol=5)
+    except Exception:  # noqa: BLE001 - cloudpickle may manage, or say why not
+        pass
+    return cloudpickle.dumps((fn, (x,), {}))

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ log = logging.getLogger("clustermgr")
 
 #: a session worker whose daemon vanished exits after this many silent seconds
 WORKER_GRACE = 15.0
+#: Tasks go to a worker in batches of about this much work (by the measured time per task),
+#: at most MAX_BATCH, with up to two batches in flight per worker while tasks are short.
+BATCH_SECONDS = 0.02
+MAX_BATCH = 1000
+_SMOOTH = 0.25
 
 
 def run_payload(payload: bytes) -> tuple:
@@ -47,6 +53,33 @@ def run_payload(payload: bytes) -> tuple:
     except BaseException as exc:  # noqa: BLE001 - every error is the task's outcome
         return ("err", f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
                 str(exc), "".join(traceback.format_exception(exc)))
+
+
+class PickledFunction:
+    """A function cloudpickled once, for many tasks (``Session.map``): each task's payload
+    holds these bytes, so the function is not pickled by value per task; a worker unpickles
+    each distinct function once."""
+
+    _cache: dict[bytes, Callable] = {}
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple:
+        return PickledFunction, (self.blob,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn = self._cache.get(self.blob)
+        if fn is None:
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            fn = self._cache[self.blob] = cloudpickle.loads(self.blob)
+        return fn(*args, **kwargs)
+
+
+def run_payloads(payloads: list[bytes]) -> list[tuple]:
+    """On a worker: run a batch of tasks, each as :func:`run_payload` (one outcome each)."""
+    return [run_payload(p) for p in payloads]
 
 
 def setup_worker(files: dict[str, bytes], code: list[str]) -> None:
@@ -71,7 +104,9 @@ class Daemon:
         os.set_blocking(self.wake_w, False)
         self.next_deadline_check = 0.0
         self.workers: set[int] = set()    # joined and set up
-        self.busy: dict[int, int] = {}    # worker -> task
+        self.busy: dict[int, list[list[int]]] = {}  # worker -> its batches in flight (task ids)
+        self.task_time: float | None = None  # seconds per task, as workers measured, smoothed
+        self.isolate = 0  # tasks to run one per batch (after a worker died with a batch)
         self.removing: set[int] = set()
         self.starting = 0
         self.target = int(self.meta.get("nworkers", 1))
@@ -241,25 +276,40 @@ class Daemon:
 
     # --- tasks -------------------------------------------------------------------------
 
+    def _batch_size(self) -> int:
+        """Tasks per call: one until their time is known (or while isolating a task that
+        may kill its worker), then about ``BATCH_SECONDS`` of work."""
+        if self.isolate or self.task_time is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self.task_time, 1e-7))))
+
+    def _in_flight(self) -> int:
+        """Batches per worker: two while tasks are short (no idle gap between batches),
+        one when they are long (no task waits behind another while a worker is free)."""
+        short = self.task_time is not None and self.task_time * self._batch_size() < 0.05
+        return 2 if short and not self.isolate else 1
+
     def _dispatch(self) -> None:
         from ..calls import remotecall
 
-        for wid in sorted(self.workers - set(self.busy) - self.removing):
-            claimed = self.store.claim(wid)
-            if claimed is None:
-                return
-            task, payload = claimed
-            self.busy[wid] = task
-            try:
-                fut = remotecall(run_payload, wid, payload)
-            except Exception as exc:  # noqa: BLE001 - the worker is gone: its task goes back
-                self._task_done(wid, task, None, exc)
-                continue
-            fut.add_done_callback(functools.partial(self._call_done, wid, task))
+        depth = self._in_flight()
+        for wid in sorted(self.workers - self.removing):
+            while len(self.busy.get(wid, ())) < depth:
+                claimed = self.store.claim_many(wid, self._batch_size())
+                if not claimed:
+                    return
+                tasks = [task for task, _ in claimed]
+                self.busy.setdefault(wid, []).append(tasks)
+                try:
+                    fut = remotecall(run_payloads, wid, [payload for _, payload in claimed])
+                except Exception as exc:  # noqa: BLE001 - the worker is gone: its tasks go back
+                    self._batch_done(wid, tasks, None, exc)
+                    break
+                fut.add_done_callback(functools.partial(self._call_done, wid, tasks))
 
-    def _call_done(self, wid: int, task: int, fut: Any) -> None:
-        """On the runtime's I/O thread: hand the finished task to the loop."""
-        self.post("done", (wid, task, fut))
+    def _call_done(self, wid: int, tasks: list[int], fut: Any) -> None:
+        """On the runtime's I/O thread: hand the finished batch to the loop."""
+        self.post("done", (wid, tasks, fut))
 
     def post(self, kind: str, what: Any) -> None:
         """Hand an event to the loop (any thread) and wake it."""
@@ -276,11 +326,17 @@ class Daemon:
             except queue.Empty:
                 return
             if kind == "done":
-                wid, task, fut = what
+                wid, tasks, fut = what
                 try:
-                    self._task_done(wid, task, fut.fetch(), None)
+                    outcomes = fut.fetch()
                 except Exception as exc:  # noqa: BLE001
-                    self._task_done(wid, task, None, exc)
+                    self._batch_done(wid, tasks, None, exc)
+                else:
+                    if fut.run_time is not None:
+                        per = fut.run_time / len(tasks)
+                        self.task_time = per if self.task_time is None else \
+                            (1 - _SMOOTH) * self.task_time + _SMOOTH * per
+                    self._batch_done(wid, tasks, outcomes, None)
             elif kind == "joined":
                 n, ready = what
                 self.starting -= n
@@ -302,17 +358,20 @@ class Daemon:
             elif kind == "end":
                 self._end(what)
 
-    def _task_done(self, wid: int, task: int, outcome: tuple | None, exc: BaseException | None) -> None:
+    def _batch_done(self, wid: int, tasks: list[int], outcomes: list[tuple] | None,
+                    exc: BaseException | None) -> None:
+        """A batch came back (*outcomes*, one per task) or its call failed (*exc*)."""
         from ..errors import ProcessExitedError
 
-        self.busy.pop(wid, None)
+        batches = self.busy.get(wid, [])
+        if tasks in batches:
+            batches.remove(tasks)
+        if not batches:
+            self.busy.pop(wid, None)
         self.last_activity = time.time()
-        if outcome is not None and outcome[0] == "ok":
-            self.store.complete(task, wid, outcome[1])
-        elif outcome is not None:
-            _, kind, message, tb = outcome
-            self.store.fail(task, wid, kind, message, tb)
-            self.store.event("task failed", task=task, worker=wid, error=f"{kind}: {message}")
+        if outcomes is not None:
+            self.store.finish_many(wid, list(zip(tasks, outcomes, strict=True)))
+            self.isolate = max(0, self.isolate - len(tasks))
         elif isinstance(exc, ProcessExitedError):
             removed = wid in self.removing
             if not removed:
@@ -320,15 +379,24 @@ class Daemon:
                 self.store.event("worker lost", worker=wid, cause=exc.cause)
                 if not self.ending and not self.released:
                     self._grow(1)  # keep the worker count
+            if len(tasks) > 1 and not removed:
+                # Which task killed the worker is unknown: none is charged an attempt; they
+                # run one per batch next, where the one that kills is charged.
+                for task in tasks:
+                    self.store.release(task, wid, count_attempt=False)
+                self.isolate += 2 * len(tasks)
+                return
             limit = int(self.store.get("max_attempts", 3))
-            if removed or self.store.attempts(task) < limit:
-                self.store.release(task, wid, count_attempt=not removed)
-            else:
-                self.store.fail(task, wid, "ProcessExitedError", str(exc), "")
-                self.store.event("task failed", task=task, worker=wid,
-                                 error=f"gave up after {limit} attempts")
+            for task in tasks:
+                if removed or self.store.attempts(task) < limit:
+                    self.store.release(task, wid, count_attempt=not removed)
+                else:
+                    self.store.fail(task, wid, "ProcessExitedError", str(exc), "")
+                    self.store.event("task failed", task=task, worker=wid,
+                                     error=f"gave up after {limit} attempts")
         else:
-            self.store.fail(task, wid, type(exc).__name__, str(exc), "")
+            for task in tasks:
+                self.store.fail(task, wid, type(exc).__name__, str(exc), "")
 
     # --- time --------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@ daemon is gone.  Task states: ``pending`` -> ``running`` (claimed by exactly one
 message and remote traceback kept); a running task whose worker died goes back to
 ``pending`` until ``max_attempts``.  On resume, tasks left ``running`` by a killed daemon
 go back to ``pending``: none had a stored result, so nothing runs twice to a result.
+
+The daemon claims tasks in batches (:meth:`Store.claim_many`) and stores a batch's outcomes
+in one transaction (:meth:`Store.finish_many`): one commit per batch, not per task, with
+the same guard per task (only the worker holding the claim stores, once).
 """
 
 from __future__ import annotations
@@ -91,24 +95,36 @@ class Store:
                 ids.append(int(cur.lastrowid))  # type: ignore[arg-type]
         return ids
 
-    def claim(self, worker: int) -> tuple[int, bytes] | None:
-        """Atomically hand the oldest pending task to *worker*."""
+    def claim_many(self, worker: int, n: int) -> list[tuple[int, bytes]]:
+        """Atomically hand the *n* oldest pending tasks to *worker* (one transaction)."""
+        now = time.time()
         with self.db:
-            row = self.db.execute("SELECT id, payload FROM tasks WHERE state = 'pending' "
-                                  "ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                return None
-            self.db.execute("UPDATE tasks SET state = 'running', worker = ?, attempts = attempts + 1, "
-                            "started = ? WHERE id = ? AND state = 'pending'", (worker, time.time(), row[0]))
-        return int(row[0]), bytes(row[1])
+            rows = self.db.execute("SELECT id, payload FROM tasks WHERE state = 'pending' "
+                                   "ORDER BY id LIMIT ?", (n,)).fetchall()
+            self.db.executemany("UPDATE tasks SET state = 'running', worker = ?, attempts = attempts + 1, "
+                                "started = ? WHERE id = ? AND state = 'pending'",
+                                [(worker, now, row[0]) for row in rows])
+        return [(int(i), bytes(p)) for i, p in rows]
 
-    def complete(self, task: int, worker: int, result: bytes) -> bool:
-        """Store a result once (only the worker holding the claim may)."""
+    def finish_many(self, worker: int, outcomes: list[tuple[int, tuple]]) -> list[int]:
+        """Store a batch's outcomes in one transaction: ``(task, ("ok", result))`` or
+        ``(task, ("err", type, message, traceback))``; each only if *worker* holds its
+        claim.  Returns the tasks that failed (their events are written too)."""
+        now = time.time()
+        done = [(o[1], now, t, worker) for t, o in outcomes if o[0] == "ok"]
+        bad = [(now, o[1], o[2], o[3], t, worker) for t, o in outcomes if o[0] != "ok"]
         with self.db:
-            cur = self.db.execute("UPDATE tasks SET state = 'completed', result = ?, finished = ? "
-                                  "WHERE id = ? AND state = 'running' AND worker = ?",
-                                  (result, time.time(), task, worker))
-        return cur.rowcount == 1
+            self.db.executemany("UPDATE tasks SET state = 'completed', result = ?, finished = ? "
+                                "WHERE id = ? AND state = 'running' AND worker = ?", done)
+            if bad:
+                self.db.executemany("UPDATE tasks SET state = 'failed', finished = ?, error_type = ?, "
+                                    "error_message = ?, error_traceback = ? "
+                                    "WHERE id = ? AND state = 'running' AND worker = ?", bad)
+                self.db.executemany("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)",
+                                    [(now, "task failed", json.dumps({"task": b[4], "worker": worker,
+                                                                      "error": f"{b[1]}: {b[2]}"}))
+                                     for b in bad])
+        return [b[4] for b in bad]
 
     def fail(self, task: int, worker: int, kind: str, message: str, tb: str) -> None:
         with self.db:
