@@ -45,6 +45,7 @@ class Adapter:
     def map(self, fn: Callable, items: list, chunksize: int) -> list: ...
     def pids(self) -> list[int]: ...
     def stop(self) -> None: ...
+    submits = False  # has a concurrent.futures-style submit (the submit + as_completed loop)
 
 
 class Floor(Adapter):
@@ -105,11 +106,16 @@ class ClusterExecutorAdapter(ClusterRemotecall):
         super().start(n)
         self.ex = self.cm.ClusterExecutor(workers=self.ids)
 
+    submits = True
+
     def call(self, fn: Callable, x: Any) -> Any:
         return self.ex.submit(fn, x).result()
 
     def map(self, fn: Callable, items: list, chunksize: int) -> list:
         return list(self.ex.map(fn, items, chunksize=chunksize))
+
+    def submit_loop(self, fn: Callable, n: int) -> int:
+        return _submit_loop(self.ex, fn, n)
 
     def stop(self) -> None:
         self.ex.shutdown()
@@ -153,11 +159,16 @@ class StdlibExecutor(Adapter):
         self.ex = self.make(n)
         list(self.ex.map(noop, range(n)))
 
+    submits = True
+
     def call(self, fn: Callable, x: Any) -> Any:
         return self.ex.submit(fn, x).result()
 
     def map(self, fn: Callable, items: list, chunksize: int) -> list:
         return list(self.ex.map(fn, items, chunksize=chunksize))
+
+    def submit_loop(self, fn: Callable, n: int) -> int:
+        return _submit_loop(self.ex, fn, n)
 
     def pids(self) -> list[int]:
         return list(self.ex._processes)  # type: ignore[attr-defined]
@@ -271,6 +282,14 @@ class Ray(Adapter):
 
     def stop(self) -> None:
         self.ray.shutdown()
+
+
+def _submit_loop(ex: Any, fn: Callable, n: int) -> int:
+    """A loop of ``submit`` then ``as_completed`` over *n* tiny tasks; the sum checks them."""
+    from concurrent.futures import as_completed
+
+    futs = [ex.submit(fn, i) for i in range(n)]
+    return sum(f.result() for f in as_completed(futs))
 
 
 def all_adapters() -> list[Adapter]:

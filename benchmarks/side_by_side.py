@@ -1,18 +1,20 @@
 """clustermgr next to the peers a user would pick, measured in one run on one machine.
 
-    python -m benchmarks [--quick] [--only NAME ...] [--skip NAME ...]
+    python -m benchmarks [--quick] [--workers N] [--only NAME ...] [--skip NAME ...]
 
 Measures (medians; latency also p90/p99):
 1. startup to first result from every worker, 2 and 8 workers;
 2. latency of one tiny call (2,000 sequential calls, fewer for slow systems: 5 s budget);
 3. throughput of tiny tasks: one task per item, and each system at its best chunking
-   (100,000 items);
+   (100,000 items); for executors also a loop of ``submit`` + ``as_completed``;
 4. bandwidth: a 100 MB float64 array to a worker and back (array bytes / round-trip time);
 5. 1,000 tasks sleeping 10 ms on 8 workers (ideal 1.25 s);
 6. memory: RSS of the master and of one idle worker;
-7. scale (clustermgr only): 200 workers joining, then pmap across all of them.
-Writes ``benchmarks/results/side_by_side.json`` and ``.md`` and prints the table with the
-ratios the project's targets are stated in.
+7. clustermgr only: a session's tiny tasks run to stored results, and 200 workers joining,
+   then pmap across all of them.
+Items 2-4 and 6 run with ``--workers`` workers (2; the floor has 1).  Writes
+``benchmarks/results/side_by_side.json`` and ``.md`` (``side_by_side_<N>w.*`` for another
+``--workers``) and prints the table with the ratios the project's goals are stated in.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def identity(x: Any) -> Any:
 
 
 class Runner:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, workers: int = 2) -> None:
         self.quick = quick
+        self.workers = workers
         self.repeats = 1 if quick else 3
         self.calls = 300 if quick else 2000
         self.items = 20_000 if quick else 100_000
@@ -69,12 +72,14 @@ class Runner:
                 a.stop()
                 gc.collect()
             r[f"startup_{n}_s"] = statistics.median(times)
-        a.start(2 if not a.workers_max else 1)
+        a.start(self.workers if not a.workers_max else 1)
         try:
             r["latency_us"] = self.latency(a)
             r["one_per_item_per_s"] = self.rate(a, 1)
             best = max((self.rate(a, c), c) for c in self.chunkings(a))
             r["best_chunked_per_s"], r["best_chunksize"] = best
+            if a.submits:
+                r["submit_loop_per_s"] = self.submit_loop(a)
             r["rss_master_MiB"] = psutil.Process().memory_info().rss / 2**20
             r["rss_worker_MiB"] = min(psutil.Process(p).memory_info().rss for p in a.pids()) / 2**20
             r["roundtrip_100MB_GBps"] = self.bandwidth(a)
@@ -114,6 +119,14 @@ class Runner:
             assert out == items, f"{a.name} lost or reordered results"
         return statistics.median(rates)
 
+    def submit_loop(self, a: Adapter) -> float:
+        n = self.items
+        t0 = time.perf_counter()
+        total = a.submit_loop(noop, n)
+        rate = n / (time.perf_counter() - t0)
+        assert total == n * (n - 1) // 2, f"{a.name} lost results in the submit loop"
+        return rate
+
     def bandwidth(self, a: Adapter) -> float:
         import numpy as np
 
@@ -151,6 +164,28 @@ def scale(n: int) -> dict[str, float]:
             "lost": lost, "workers_used": used}
 
 
+def session_rate(tasks: int) -> float:
+    """Tiny tasks submitted to a 2-worker session and run to stored results (tasks/s)."""
+    import tempfile
+
+    os.environ["CLUSTERMGR_HOME"] = tempfile.mkdtemp(prefix="cm-bench-home-")
+    import clustermgr as cm
+
+    s = cm.start_session(nworkers=2)
+    try:
+        s.wait_for_workers(2, timeout=120)
+        s.map(noop, range(200))
+        s.collect(wait=True, timeout=120)
+        t0 = time.perf_counter()
+        ids = s.map(noop, range(tasks))
+        out = s.collect(wait=True, timeout=600)
+        rate = tasks / (time.perf_counter() - t0)
+        assert [out[i] for i in ids] == list(range(tasks)), "the session lost results"
+        return rate
+    finally:
+        s.cleanup()
+
+
 def table(res: dict[str, Any]) -> str:
     rows = res["systems"]
 
@@ -159,12 +194,12 @@ def table(res: dict[str, Any]) -> str:
         return "—" if v is None else format(v, fmt)
 
     lines = ["| system | startup 2 / 8 (s) | latency p50 / p90 / p99 (µs) | one task per item (tasks/s) "
-             "| best chunked (tasks/s) | 100 MB round trip (GB/s) | 1000×10 ms on 8 (s) "
-             "| RSS master / idle worker (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| best chunked (tasks/s) | submit + as_completed (tasks/s) | 100 MB round trip (GB/s) "
+             "| 1000×10 ms on 8 (s) | RSS master / idle worker (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} |||||||")
+            lines.append(f"| {name} | failed: {r['error']} ||||||||")
             continue
         lat = r["latency_us"]
         lines.append(
@@ -172,11 +207,16 @@ def table(res: dict[str, Any]) -> str:
             f"| {lat['p50']:,.0f} / {lat['p90']:,.0f} / {lat['p99']:,.0f} "
             f"| {r['one_per_item_per_s']:,.0f} "
             f"| {r['best_chunked_per_s']:,.0f} (chunk {r['best_chunksize']}) "
+            f"| {cell(name, 'submit_loop_per_s', ',.0f')} "
             f"| {r['roundtrip_100MB_GBps']:.2f} | {cell(name, 'sleep_1000x10ms_s', '.2f')} "
             f"| {r['rss_master_MiB']:.0f} / {r['rss_worker_MiB']:.0f} |")
     m = res["machine"]
     lines.append(f"\n{m['cpus']} CPUs, {m['memory_GiB']:.0f} GiB, Python {m['python']}, {m['platform']}; "
-                 f"latency, throughput, bandwidth and RSS with 2 workers (the floor: 1).")
+                 f"latency, throughput, bandwidth and RSS with {res.get('workers', 2)} workers "
+                 f"(the floor: 1).")
+    if "session_per_s" in res:
+        lines.append(f"\nSession: tiny tasks submitted and run to stored results, 2 workers: "
+                     f"{res['session_per_s']:,.0f} tasks/s.")
     if "scale" in res:
         s = res["scale"]
         lines.append(f"\nScale: {s['workers']} clustermgr workers joined in {s['join_s']:.1f} s; pmap of "
@@ -187,59 +227,88 @@ def table(res: dict[str, Any]) -> str:
 
 
 def targets(res: dict[str, Any]) -> str:
-    """The project's targets, as ratios within this run."""
+    """The project's goals (issue #13), as ratios within this run."""
     r = res["systems"]
-    floor, ours, ex = r.get("raw pyzmq floor", {}), r.get("clustermgr (remotecall / pmap)", {}), \
-        r.get("clustermgr ClusterExecutor", {})
-    if not floor or not ours or "error" in ours:
+
+    def ok(name: str) -> dict[str, Any]:
+        v = r.get(name, {})
+        return v if v and "error" not in v else {}
+
+    floor, ours, ex = ok("raw pyzmq floor"), ok("clustermgr (remotecall / pmap)"), \
+        ok("clustermgr ClusterExecutor")
+    if not floor or not ours:
         return ""
-    peers_lat = {k: v["latency_us"]["p50"] for k, v in r.items()
-                 if "latency_us" in v and not k.startswith(("clustermgr", "raw"))}
-    loky, ppe = r.get("loky", {}), r.get("ProcessPoolExecutor", {})
-    spawn = r.get("multiprocessing.Pool (spawn)", {})
-    ray = r.get("ray", {})
-    out = ["| target | measured | met |", "|---|---|---|"]
+    loky, ppe, ray = ok("loky"), ok("ProcessPoolExecutor"), ok("ray")
+    pool = ok("multiprocessing.Pool (fork)") or ok("multiprocessing.Pool (spawn)")
+    peers_ = {k: v for k, v in r.items() if "error" not in v and not k.startswith(("clustermgr", "raw"))}
+    out = ["| goal | measured | met |", "|---|---|---|"]
 
-    def row(text: str, value: str, ok: bool | None) -> None:
-        out.append(f"| {text} | {value} | {'yes' if ok else ('—' if ok is None else 'no')} |")
+    def row(text: str, value: str, met: bool | None) -> None:
+        out.append(f"| {text} | {value} | {'yes' if met else ('—' if met is None else 'no')} |")
 
+    f_lat = floor["latency_us"]["p50"]
     lat = ours["latency_us"]["p50"]
-    row("remotecall_fetch p50 ≤ 1.3× raw pyzmq floor", f"{lat / floor['latency_us']['p50']:.2f}×",
-        lat <= 1.3 * floor["latency_us"]["p50"])
-    best_peer = min(peers_lat.items(), key=lambda kv: kv[1]) if peers_lat else ("", 0)
-    row("remotecall_fetch p50 below every peer", f"{lat:,.0f} µs vs best peer {best_peer[0]} "
-        f"{best_peer[1]:,.0f} µs", lat < best_peer[1] if peers_lat else None)
-    one = ours["one_per_item_per_s"]
-    row("pmap batch_size=1 ≥ 0.9× floor's rate", f"{one / floor['one_per_item_per_s']:.2f}×",
-        one >= 0.9 * floor["one_per_item_per_s"])
-    if loky and "error" not in loky:
-        row("pmap batch_size=1 ≥ 3× loky's", f"{one / loky['one_per_item_per_s']:.2f}×",
-            one >= 3 * loky["one_per_item_per_s"])
-        best = ours["best_chunked_per_s"]
-        rivals = [x["best_chunked_per_s"] for x in (loky, ppe) if x and "error" not in x]
-        row('pmap batch_size="auto" ≥ loky and ProcessPoolExecutor at their best chunking',
-            f"{best:,.0f} vs {max(rivals):,.0f} tasks/s", best >= max(rivals))
+    row("remotecall_fetch p50 ≤ 1.3× the floor", f"{lat:,.0f} µs = {lat / f_lat:.2f}×", lat <= 1.3 * f_lat)
+    if peers_:
+        name, best = min(((k, v["latency_us"]["p50"]) for k, v in peers_.items()), key=lambda kv: kv[1])
+        row("remotecall_fetch p50 below every peer's", f"best peer {name} {best:,.0f} µs", lat < best)
+    if ex:
+        e = ex["latency_us"]["p50"]
+        row("ClusterExecutor submit → result p50 ≤ 1.3× the floor", f"{e:,.0f} µs = {e / f_lat:.2f}×",
+            e <= 1.3 * f_lat)
+    f_one = floor["one_per_item_per_s"]
+    for label, sys_ in (("pmap batch_size=1", ours), ("ClusterExecutor.map(chunksize=1)", ex)):
+        if sys_:
+            one = sys_["one_per_item_per_s"]
+            text = f"{one:,.0f}/s = {one / f_one:.2f}× the floor"
+            met = one >= 0.9 * f_one
+            if pool:
+                text += f", {one / pool['one_per_item_per_s']:.2f}× Pool's"
+                met = met and one >= pool["one_per_item_per_s"]
+            row(f"{label} ≥ 0.9× the floor and ≥ multiprocessing.Pool chunksize 1", text, met)
+    if ex and "submit_loop_per_s" in ex:
+        loop = ex["submit_loop_per_s"]
+        parts, met = [f"{loop:,.0f}/s"], True
+        if ppe and "submit_loop_per_s" in ppe:
+            parts.append(f"{loop / ppe['submit_loop_per_s']:.2f}× ProcessPoolExecutor")
+            met = met and loop >= 3 * ppe["submit_loop_per_s"]
+        if loky and "submit_loop_per_s" in loky:
+            parts.append(f"{loop / loky['submit_loop_per_s']:.2f}× loky")
+            met = met and loop >= loky["submit_loop_per_s"]
+        row("submit + as_completed loop ≥ 3× ProcessPoolExecutor and ≥ loky", ", ".join(parts), met)
+    best = ours["best_chunked_per_s"]
+    rivals = {k: v["best_chunked_per_s"] for k, v in peers_.items()}
+    text = f"{best:,.0f}/s = {best / floor['best_chunked_per_s']:.2f}× the floor's best"
+    met = best >= 0.9 * floor["best_chunked_per_s"]
+    if rivals:
+        top = max(rivals, key=rivals.__getitem__)
+        text += f"; best peer {top} {rivals[top]:,.0f}/s"
+        met = met and best >= rivals[top]
+    row('batch_size="auto" ≥ 0.9× the floor\'s best chunked and ≥ every peer\'s', text, met)
     bw = ours["roundtrip_100MB_GBps"]
-    row("100 MB round trip ≥ 0.8× floor", f"{bw / floor['roundtrip_100MB_GBps']:.2f}×",
-        bw >= 0.8 * floor["roundtrip_100MB_GBps"])
-    if ray and "error" not in ray:
-        row("worker-to-worker shared memory beats ray's object store", "not built", False)
+    text = f"{bw:.2f} GB/s = {bw / floor['roundtrip_100MB_GBps']:.2f}× the floor"
+    met = bw >= 3 * floor["roundtrip_100MB_GBps"]
+    if ray:
+        text += f"; ray {ray['roundtrip_100MB_GBps']:.2f} GB/s"
+        met = met and bw > ray["roundtrip_100MB_GBps"]
+    row("100 MB round trip on the same host ≥ 3× the floor and above ray (needs shared memory: not built)",
+        text, met)
     sl = ours.get("sleep_1000x10ms_s")
     if sl:
-        row("1,000 × 10 ms on 8 workers within 5% of 1.25 s", f"{sl:.2f} s ({sl / 1.25 - 1:+.0%})",
-            sl <= 1.3125)
-    if spawn and "error" not in spawn:
-        row("startup of 8 ≤ spawn Pool's", f"{ours['startup_8_s']:.2f} vs {spawn['startup_8_s']:.2f} s",
-            ours["startup_8_s"] <= spawn["startup_8_s"])
-    if loky and "error" not in loky:
+        row("1,000 × 10 ms on 8 workers ≤ 1.03× the ideal 1.25 s", f"{sl:.2f} s = {sl / 1.25:.3f}×",
+            sl <= 1.03 * 1.25)
+    if loky:
         rss, lrss = ours["rss_worker_MiB"], loky["rss_worker_MiB"]
         row("idle worker RSS ≤ loky's", f"{rss:.0f} vs {lrss:.0f} MiB", rss <= lrss)
+    if "session_per_s" in res:
+        sr = res["session_per_s"]
+        row("session tiny tasks run to stored results, 2 workers ≥ 10,000/s", f"{sr:,.0f}/s", sr >= 10_000)
     if "scale" in res:
-        s = res["scale"]
-        row("200 workers join in < 10 s; pmap loses no task", f"{s['join_s']:.1f} s, {s['lost']} lost",
-            s["join_s"] < 10 and s["lost"] == 0)
-    if ex and "error" not in ex:
-        row("(ClusterExecutor latency, for reference)", f"{ex['latency_us']['p50']:,.0f} µs", None)
+        sc = res["scale"]
+        total = sc["join_s"] + sc["pmap_s"]
+        row(f"{sc['workers']} local workers join, then pmap over them < 3 s, no task lost",
+            f"join {sc['join_s']:.1f} s + pmap {sc['pmap_s']:.1f} s, {sc['lost']} lost",
+            total < 3 and sc["lost"] == 0)
     return "\n".join(out)
 
 
@@ -249,9 +318,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="names (substrings) of the systems to run")
     parser.add_argument("--skip", nargs="*", default=[], help="names (substrings) to leave out")
     parser.add_argument("--scale", type=int, default=200, help="workers for the scale test (0: none)")
+    parser.add_argument("--workers", type=int, default=2, help="workers for latency, throughput, "
+                        "bandwidth and RSS (the goals are stated for 2; the issue also asks for 8)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results "
+                        "(default: benchmarks/results, whose files the README quotes)")
+    parser.add_argument("--session-tasks", type=int, default=20_000,
+                        help="tiny tasks for the session measure (0: none)")
     args = parser.parse_args()
-    runner = Runner(args.quick)
-    res: dict[str, Any] = {"systems": {}, "machine": {
+    runner = Runner(args.quick, args.workers)
+    res: dict[str, Any] = {"workers": args.workers, "systems": {}, "machine": {
         "cpus": os.cpu_count(), "memory_GiB": psutil.virtual_memory().total / 2**30,
         "python": platform.python_version(), "platform": platform.platform()}}
     for a in peers.all_adapters():
@@ -263,11 +338,18 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - a peer that fails here is reported, not fatal
             traceback.print_exc()
             res["systems"][a.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if args.session_tasks and (not args.only or any(o in "clustermgr session" for o in args.only)):
+        print("session ...", file=sys.stderr, flush=True)
+        res["session_per_s"] = session_rate(2000 if args.quick else args.session_tasks)
     if args.scale:
         print(f"scale: {args.scale} workers ...", file=sys.stderr, flush=True)
         res["scale"] = scale(args.scale)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "side_by_side.json").write_text(json.dumps(res, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "side_by_side" if args.workers == 2 else f"side_by_side_{args.workers}w"
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     text = table(res)
-    (RESULTS / "side_by_side.md").write_text(text + "\n")
+    (args.out / f"{stem}.md").write_text(text + "\n")
     print(text)
+    broken = [k for k, v in res["systems"].items() if k.startswith("clustermgr") and "error" in v]
+    if broken:  # a peer may be missing; our own code failing is a failed run
+        sys.exit(f"benchmark of {', '.join(broken)} failed")

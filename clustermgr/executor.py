@@ -155,6 +155,7 @@ class ClusterExecutor(Executor):
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0                     # futures not yet finished
         self._stop_when_idle = False
+        self._stop_now = False
 
         if workers is not None:
             ids = list(workers)
@@ -307,9 +308,14 @@ class ClusterExecutor(Executor):
             while self._pending:
                 self._pending.popleft().future.cancel()
         elif kind == "stop":
-            return True
+            self._stop_now = True
         elif kind == "stop_when_idle":
             self._stop_when_idle = True
+        if self._starting:  # a replacement on its way: stop once it joined (or failed),
+            self._dispatch()  # so that the workers released include it
+            return False
+        if self._stop_now:
+            return True
         self._dispatch()
         with self._lock:
             idle = self._outstanding == 0 and not self._pending

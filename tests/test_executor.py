@@ -55,6 +55,16 @@ def test_max_tasks_per_child_holds_with_a_deep_window(fresh):
     assert max(pids.count(p) for p in set(pids)) <= 3 and len(set(pids)) >= 10
 
 
+def test_shutdown_right_after_a_death_ends_the_replacement_too(fresh):
+    # the replacement is still starting when shutdown comes: it is waited for and removed
+    # (the autouse leak check fails the test if its process outlives the executor)
+    ex = ClusterExecutor(1)
+    with pytest.raises(WorkerLostError):
+        ex.submit(os._exit, 9).result(60)
+    ex.shutdown(wait=True)
+    assert cm.workers() == [1]  # nothing of the executor is left in the cluster
+
+
 def test_max_memory_per_child_recycles_a_worker_that_grew(fresh):
     with ClusterExecutor(1, max_memory_per_child="200MB") as ex:
         first = ex.submit(os.getpid).result(60)

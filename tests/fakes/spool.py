@@ -27,6 +27,7 @@ class Spool:
         """Hold the spool's lock (one command at a time, as a real server serialises them)."""
         fh = open(os.path.join(self.home, "lock"), "w")  # noqa: SIM115 - closed by exit
         fcntl.flock(fh, fcntl.LOCK_EX)
+        self._held = fh  # kept: a handle nobody refers to is closed, and the lock with it
         return fh
 
     def path(self, num: str) -> str:
