@@ -229,6 +229,7 @@ class Node(abc.ABC):
         self._last_tick = 0.0
         self._lease_wanted = False  # a thread waits to read the link itself (reading())
         self._lease_taken = threading.Event()
+        self._lease_gate = threading.Lock()  # one thread at a time takes the lease
         self._leaseholder = 0  # ident of the thread that reads in the I/O thread's place
         self._sigint = False  # a Ctrl-C that came while the leaseholder (main) read
 
@@ -316,6 +317,17 @@ class Node(abc.ABC):
                 or self._stopping.is_set() or not self._thread.is_alive():
             yield False
             return
+        if not self._lease_gate.acquire(blocking=False):  # another thread is taking it
+            yield False
+            return
+        try:
+            with self._holding_lease(me):
+                yield True
+        finally:
+            self._lease_gate.release()
+
+    @contextlib.contextmanager
+    def _holding_lease(self, me: int) -> Iterator[None]:
         old_handler = None
         if me == threading.main_thread().ident and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             old_handler = signal.signal(signal.SIGINT, self._hold_sigint)
@@ -328,7 +340,7 @@ class Node(abc.ABC):
             self._lease_wanted = False
             self._lease_taken.set()
             try:
-                yield True
+                yield
             finally:
                 self._leaseholder = 0
                 self.link.give_role()

@@ -75,3 +75,38 @@ def test_ctrl_c_during_a_pmap_raises_at_a_clean_point(fresh):
     # nothing half-handled: the cluster answers, results in order
     assert cm.pmap(abs, range(-50, 0)) == list(range(50, 0, -1))
     assert cm.remotecall_fetch(abs, 3, -3) == 3
+
+
+
+def test_a_busy_executor_and_a_pmap_at_once_both_complete(fresh):
+    # the pmap holds the lease; the executor's results are read by the pmap's thread
+    with cm.ClusterExecutor(2) as ex:
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("ex", list(ex.map(abs, range(-2000, 0)))))
+        t.start()
+        assert cm.pmap(_slow_identity, range(20)) == list(range(20))
+        t.join(60)
+        assert out["ex"] == list(range(2000, 0, -1))
+
+
+def test_only_one_thread_takes_the_lease(cluster):
+    m = master()
+    entered = threading.Event()
+    release = threading.Event()
+    seen: dict = {}
+
+    def hold():
+        with m.reading() as got:
+            seen["first"] = got
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    entered.wait(30)
+    with m.reading() as got:  # another thread holds it: this one does not wait for it
+        seen["second"] = got
+    release.set()
+    t.join(30)
+    assert seen == {"first": True, "second": False}
+    _wait_for(lambda: m.link.reader == m._thread.ident)
