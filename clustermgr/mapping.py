@@ -138,6 +138,9 @@ class _PMap:
         self.failed_on: dict[int, set[int]] = {}  # item -> workers it failed on
         self.inflight: dict[int, int] = {}
         self.window = Window()
+        self._ids: list[int] = []  # the pool's workers when last looked at
+        self.ready: set[int] = set()  # workers that may have room for another call
+        self._next_steal = 0.0
         self.done_q: queue.SimpleQueue = queue.SimpleQueue()
         self.node = get_node()
         self.wake = Signal()  # set by each completion; see _next_completion
@@ -173,32 +176,41 @@ class _PMap:
         ids = self.pool.workers()
         if not ids:
             raise ClusterError("pmap: every worker of the pool is gone")
-        for wid in list(self.inflight):
-            if wid not in ids:
-                del self.inflight[wid]
-                self.window.forget(wid)
-        room = {wid: self.window.depth(wid) - self.inflight.get(wid, 0) for wid in ids}
-        open_ = [wid for wid in ids if room[wid] > 0]
+        if ids != self._ids:  # joined or gone: look at every worker again
+            for wid in list(self.inflight):
+                if wid not in ids:
+                    del self.inflight[wid]
+                    self.window.forget(wid)
+            self._ids, self.ready = ids, set(ids)
+        # Only workers that may have room (all at first, then those a call came back from):
+        # the work per completion stays the same with 2 workers or 200.
+        room = {wid: self.window.depth(wid) - self.inflight.get(wid, 0) for wid in sorted(self.ready)}
+        open_ = [wid for wid, r in room.items() if r > 0]
         while open_:  # round robin: every worker with room gets one, then a second...
             for wid in open_:
                 if not self.todo and not self.retry_todo:
-                    self._steal(ids)
+                    self._steal(ids, now)
                     return
                 batch = self._pick(wid, ids)
                 if batch is not None:
                     self._send(batch, wid)
                 room[wid] -= 1
             open_ = [wid for wid in open_ if room[wid] > 0]
+        self.ready = {wid for wid, r in room.items() if r > 0}
         if not self.todo and not self.retry_todo:
-            self._steal(ids)
+            self._steal(ids, now)
 
     def _idle(self, ids: list[int]) -> int:
         """How many calls the idle workers of *ids* could take now."""
         return sum(self.window.depth(wid) for wid in ids if not self.inflight.get(wid, 0))
 
-    def _steal(self, ids: list[int]) -> None:
+    def _steal(self, ids: list[int], now: float) -> None:
         """Nothing left to send, a worker idles, and batches wait behind a long one on
-        another: withdraw them (they come back as ``CallRevoked``, to be sent again)."""
+        another: withdraw them (they come back as ``CallRevoked``, to be sent again).
+        Looked at every ``POLL`` seconds at most (it goes over every worker)."""
+        if now < self._next_steal:
+            return
+        self._next_steal = now + POLL
         if self.window.stuck():
             for fut in self.window.steal(self._idle(ids)):
                 self.node.revoke(fut)
@@ -238,8 +250,8 @@ class _PMap:
             if left <= 0:
                 raise TimeoutError(f"pmap did not finish within timeout={self.timeout} s")
             wait = left if wait is None else min(wait, left)
-        if not self.todo and self.window.queued() and self._idle(self.pool.workers()):
-            wait = POLL if wait is None else min(wait, POLL)  # look again for batches to move
+        if not self.todo and not self.retry_todo:  # the tail: look again for batches to move
+            wait = POLL if wait is None else min(wait, POLL)
         # Wait through the node, not on the queue: on a worker's main thread (a nested
         # pmap) the node keeps running calls meanwhile, so two workers that pmap onto each
         # other cannot deadlock.
@@ -257,6 +269,7 @@ class _PMap:
         batch, wid, fut, token = done
         self.inflight[wid] = max(0, self.inflight.get(wid, 0) - 1)
         self.window.done(wid, token, fut.run_time)
+        self.ready.add(wid)
         if isinstance(fut._exception, CallRevoked):  # withdrawn unstarted: send it next
             self.todo.append(batch)
             return
