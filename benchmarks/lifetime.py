@@ -118,13 +118,14 @@ def main() -> None:
     cm.shutdown()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lifetime.json").write_text(json.dumps(result, indent=2))
-    lines = ["| phase | count | master RSS (MiB) before → after | worker RSS (MiB) | master fds | worker fds |",
+    lines = ["| phase | count | master RSS (MiB) before → after | worker RSS (MiB) "
+             "| master fds | worker fds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         b, a = r["before"], r["after"]
         lines.append(f"| {r['phase']} | {r['count']:,} | {b['master_rss']:.1f} → {a['master_rss']:.1f} | "
-                     f"{b['worker_rss']:.1f} → {a['worker_rss']:.1f} | {b['master_fds']} → {a['master_fds']} | "
-                     f"{b['worker_fds']} → {a['worker_fds']} |")
+                     f"{b['worker_rss']:.1f} → {a['worker_rss']:.1f} "
+                     f"| {b['master_fds']} → {a['master_fds']} | {b['worker_fds']} → {a['worker_fds']} |")
     (RESULTS / "lifetime.md").write_text("\n".join(lines) + f"\n\nStill owned at the end: {held}\n")
     print("\n".join(lines))
 

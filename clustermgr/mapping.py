@@ -2,9 +2,11 @@
 
 pmap keeps as many batches in flight per worker as its pipelining window says (``window.py``:
 deep for tiny batches, so a worker never waits for its next one; one at a time for long
-ones, so a short batch never queues behind a long one), ships ``f`` once per worker, and treats "f raised" and "the worker died" alike: each
-failed item is retried per ``retry_delays``/``retry_check``, then handed to ``on_error`` or
-raised.  Results come back in input order, each exactly once.
+ones, so a short batch never queues behind a long one), ships ``f`` once per worker, and
+treats "f raised" and "the worker died" alike: each failed item is retried per
+``retry_delays``/``retry_check``, then handed to ``on_error`` or raised.  Results come back
+in input order, each exactly once.  The calling thread reads the results itself while the
+map runs (``Node.reading``).
 """
 
 from __future__ import annotations

@@ -329,7 +329,8 @@ class Node(abc.ABC):
     @contextlib.contextmanager
     def _holding_lease(self, me: int) -> Iterator[None]:
         old_handler = None
-        if me == threading.main_thread().ident and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        on_main = me == threading.main_thread().ident
+        if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             old_handler = signal.signal(signal.SIGINT, self._hold_sigint)
         try:
             self._lease_taken.clear()

@@ -15,7 +15,6 @@ import clustermgr as cm
 from clustermgr.master import MasterNode
 from clustermgr.transport import current_node
 
-
 #: Long-lived helpers a test module started on purpose (a multiprocessing Manager):
 #: not leaks while they run.
 HELPER_PIDS: set[int] = set()

@@ -130,7 +130,8 @@ def test_every_worker_knows_the_cluster_addprocs_returns(fresh):
         assert set(ids) <= set(everyone)
         for w in everyone:
             assert cm.remotecall_fetch(cm.workers, w) == everyone
-            assert cm.remotecall_fetch(lambda: cm.remotecall_fetch(cm.myid, ids[-1]), w) == ids[-1]
+            newest = ids[-1]
+            assert cm.remotecall_fetch(lambda n=newest: cm.remotecall_fetch(cm.myid, n), w) == newest
 
 
 def test_addprocs_in_background_thread_gives_early_workers(fresh):

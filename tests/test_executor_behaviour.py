@@ -12,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from clustermgr import ClusterError, ClusterExecutor
+from clustermgr import ClusterExecutor
 
 
 @pytest.fixture(params=["process", "cluster"])

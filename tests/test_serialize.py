@@ -32,7 +32,8 @@ def test_closures_pickle_by_value():
 def test_importable_objects_take_the_c_pickler():
     import pickle
 
-    assert serialize.pickle_bytes((abs, [1, 2], {"k": 3})) == pickle.dumps((abs, [1, 2], {"k": 3}), protocol=5)
+    payload = (abs, [1, 2], {"k": 3})
+    assert serialize.pickle_bytes(payload) == pickle.dumps(payload, protocol=5)
 
 
 def test_a_function_of_the_users_script_goes_by_value():
