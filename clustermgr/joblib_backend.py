@@ -116,9 +116,12 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             self.configure(n_jobs=self.parallel.n_jobs if self.parallel else -1, parallel=self.parallel)
 
     def terminate(self) -> None:
+        """End of a Parallel call (joblib calls it): the executor goes, the workers stay;
+        auto-batching starts afresh for the next call, as loky's does."""
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None
+        self.reset_batch_stats()
 
 
 #: what joblib passes to process backends; the memmapping ones (max_nbytes, mmap_mode,

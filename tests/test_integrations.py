@@ -31,6 +31,16 @@ def test_joblib_errors_and_abort(cluster):
         assert joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
 
 
+def test_joblib_auto_batching_starts_afresh_for_each_call(cluster):
+    # a reused Parallel must not carry the batch size it learnt from tiny tasks into the
+    # next call (which may run long tasks)
+    p = joblib.Parallel(n_jobs=2, backend="clustermgr")
+    p(joblib.delayed(abs)(-x) for x in range(3000))
+    backend = p._backend
+    assert backend._effective_batch_size == backend._DEFAULT_EFFECTIVE_BATCH_SIZE
+    assert backend._smoothed_batch_duration == backend._DEFAULT_SMOOTHED_BATCH_DURATION
+
+
 def test_joblib_starts_workers_when_there_are_none(fresh):
     with joblib.parallel_config(backend="clustermgr", n_jobs=2):
         out = joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(10))

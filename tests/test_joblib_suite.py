@@ -59,8 +59,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "test_memmapping_leaks[clustermgr]": "max_nbytes/mmap_mode memmapping is not implemented",
     "test_multiple_generator_call_separated[2-generator-generator-clustermgr]":
         "two generator calls in a row: the second sees the first's tasks (fails on some runs)",
-    "test_backend_batch_statistics_reset[clustermgr]":
-        "auto batching statistics are not reset between calls",
 }
 KNOWN_HANGS: dict[str, str] = {
     "test_nested_loop[clustermgr-clustermgr]":
