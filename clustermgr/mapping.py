@@ -194,11 +194,13 @@ class _PMap:
                     self._steal(ids, now)
                     return
                 batch = self._pick(wid, ids)
-                if batch is not None:
-                    self._send(batch, wid)
+                if batch is None:  # nothing it may take now (the retries failed on it):
+                    room[wid] = 0  # it keeps its room, and its place in self.ready
+                    continue
+                self._send(batch, wid)
                 room[wid] -= 1
             open_ = [wid for wid in open_ if room[wid] > 0]
-        self.ready = {wid for wid, r in room.items() if r > 0}
+        self.ready = {wid for wid in room if self.window.depth(wid) > self.inflight.get(wid, 0)}
         if not self.todo and not self.retry_todo:
             self._steal(ids, now)
 
