@@ -49,16 +49,10 @@ EXCUSED: dict[str, str] = {}
 #: xfail (or skipped where they hang, to keep the run short) so CI stays green while the
 #: README lists them; fixing one turns its xfail into an XPASS to remove here.
 KNOWN_FAILURES: dict[str, str] = {
-    "test_parallel_timeout_fail_with_generator[generator-clustermgr]":
-        "a timeout with return_as='generator' is not raised as joblib's TimeoutError",
-    "test_parallel_timeout_fail_with_generator[generator_unordered-clustermgr]":
-        "a timeout with return_as='generator_unordered' is not raised as joblib's TimeoutError",
     "test_error_capture[clustermgr]": "an error's capture and abort timing differ from loky's",
     "test_auto_memmap_on_arrays_from_generator[clustermgr]":
         "max_nbytes/mmap_mode memmapping of large arrays is not implemented",
     "test_memmapping_leaks[clustermgr]": "max_nbytes/mmap_mode memmapping is not implemented",
-    "test_multiple_generator_call_separated[2-generator-generator-clustermgr]":
-        "two generator calls in a row: the second sees the first's tasks (fails on some runs)",
 }
 KNOWN_HANGS: dict[str, str] = {
     "test_nested_loop[clustermgr-clustermgr]":
