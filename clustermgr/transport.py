@@ -364,14 +364,15 @@ class Node(abc.ABC):
             os.write(self.link._w, b"i")  # no lock here: the handler may interrupt one
 
     def _read_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        """The leaseholder reads and dispatches until ``done()`` (True) or *deadline*."""
+        """The reader (the I/O thread, or the leaseholder) reads and dispatches until
+        ``done()`` (True) or *deadline* (False).  Ticks run at least every 256 messages."""
         link = self.link
         handled = 0
         while True:
             if done():
                 return True
-            if self._sigint:
-                self._sigint = False
+            if self._sigint and threading.get_ident() == self._leaseholder:
+                self._sigint = False  # only into the main thread's wait, never the I/O thread
                 raise KeyboardInterrupt
             frames = link.recv()
             if frames is not None:
@@ -382,14 +383,21 @@ class Node(abc.ABC):
             handled = 0
             if self._housekeeping():
                 continue
-            wait = self._until_tick()
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return done()
-                wait = min(wait, left)
-            if not done():
-                link.wait(wait)
+            if not self._wait_on_link(done, deadline):
+                return done()
+
+    def _wait_on_link(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Sleep on the link until a message, a wake-up, the next tick or *deadline*;
+        False (without sleeping) once *deadline* has passed."""
+        wait = self._until_tick()
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            wait = min(wait, left)
+        if not done():
+            self.link.wait(wait)
+        return True
 
     def start(self) -> None:
         self._thread.start()
@@ -430,20 +438,7 @@ class Node(abc.ABC):
 
     def _pump(self, done: Callable[[], bool]) -> None:
         """Read and dispatch messages until ``done()`` (the caller holds the role)."""
-        link = self.link
-        handled = 0
-        while not done():
-            frames = link.recv()
-            if frames is not None:
-                self._from_network(frames)
-                handled += 1
-                if handled & 255:
-                    continue
-            handled = 0
-            if self._housekeeping():
-                continue
-            if not done():
-                link.wait(self._until_tick())
+        self._read_until(done, None)
 
     def _housekeeping(self) -> bool:
         """Queued ``call_soon`` work, coalesced work and due ticks; True if it ran any

@@ -337,14 +337,8 @@ class WorkerNode(Node):
                 continue
             if self._housekeeping():
                 continue
-            wait = self._until_tick()
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return fut.done()
-                wait = min(wait, left)
-            if fut is None or not fut.done():
-                link.wait(wait)
+            if not self._wait_on_link(lambda: fut is not None and fut.done(), deadline):
+                return fut.done()
 
     def run_task(self, hdr: Header, frames: list) -> None:
         if self._unstarted or self._revoked:
