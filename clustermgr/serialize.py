@@ -86,7 +86,7 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
     """One pickle of *obj*, protocol 5: the C pickler's when it will do (see the module
     docstring), else cloudpickle's with code keeping its file name.  *buffers*: the list
     *buffer_callback* fills, emptied if the first try is thrown away."""
-    if not cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES:
+    if not _by_value_modules():
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
         except Exception:  # noqa: BLE001 - cloudpickle may manage, or say why not
@@ -101,6 +101,12 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
     out = io.BytesIO()
     _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
+
+
+def _by_value_modules() -> object:
+    """The modules registered with ``cloudpickle.register_pickle_by_value`` (a private
+    set of cloudpickle's; if it is ever gone, assume some are: cloudpickle then always)."""
+    return getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", True)
 
 
 def _code_with_filename(make: Callable, args: tuple, filename: str) -> types.CodeType:

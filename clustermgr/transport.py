@@ -425,7 +425,7 @@ class Node(abc.ABC):
                     continue
                 self.link.reader = threading.get_ident()
                 try:
-                    self._pump(lambda: stopping() or self._lease_wanted)
+                    self._read_until(lambda: stopping() or self._lease_wanted, None)
                 finally:
                     self.link.give_role()
                 while self._lease_wanted and not stopping():  # let the leaseholder in
@@ -435,10 +435,6 @@ class Node(abc.ABC):
             self._on_io_crash()
         finally:
             self._close_sockets()
-
-    def _pump(self, done: Callable[[], bool]) -> None:
-        """Read and dispatch messages until ``done()`` (the caller holds the role)."""
-        self._read_until(done, None)
 
     def _housekeeping(self) -> bool:
         """Queued ``call_soon`` work, coalesced work and due ticks; True if it ran any

@@ -1,8 +1,9 @@
 """How many calls to keep in flight on each worker: the pipelining window.
 
-Who uses it: the schedulers that feed workers many calls — ``pmap``, ``imap`` and the
-``ClusterExecutor`` dispatcher — ask :meth:`Window.depth` before sending a worker another
-call, and report each call with :meth:`Window.sent` and :meth:`Window.done`.
+Who uses it: the schedulers that feed workers many calls — ``pmap`` and the
+``ClusterExecutor`` dispatcher (``imap`` keeps its own ``in_flight`` bound) — ask
+:meth:`Window.depth` before sending a worker another call, and report each call with
+:meth:`Window.sent` and :meth:`Window.done`.
 
 The depth comes from two measures per worker:
 
@@ -54,6 +55,10 @@ class _Worker:
         latency = max(self.latency, 1e-6)
         age = now - next(iter(self.out.values()))[0] - latency
         return age >= max(ALONE_AFTER * latency, 4 * self.run)
+
+    def queued(self) -> bool:
+        """Calls not yet offered by steal() wait behind its oldest."""
+        return len(self.out) - len(self.withdrawn) > 1
 
 
 class Window:
@@ -109,13 +114,12 @@ class Window:
     def stuck(self) -> bool:
         """Some worker has calls queued behind an overdue one (:meth:`steal` has some)."""
         now = time.perf_counter()
-        return any(len(w.out) - len(w.withdrawn) > 1 and w.overdue(now)
-                   for w in self._workers.values())
+        return any(w.queued() and w.overdue(now) for w in self._workers.values())
 
     def queued(self) -> bool:
         """Some worker has calls queued behind another: one may become :meth:`stuck`, so a
         scheduler with an idle worker polls (every ``POLL`` s) rather than waits."""
-        return any(len(w.out) - len(w.withdrawn) > 1 for w in self._workers.values())
+        return any(w.queued() for w in self._workers.values())
 
     def steal(self, n: int) -> list[object]:
         """Up to *n* calls (their *what*) queued behind an overdue call, newest first, one
@@ -126,7 +130,7 @@ class Window:
         while len(found) < n:
             before = len(found)
             for w in self._workers.values():
-                if len(found) >= n or len(w.out) - len(w.withdrawn) < 2 or not w.overdue(now):
+                if len(found) >= n or not w.queued() or not w.overdue(now):
                     continue
                 oldest = next(iter(w.out))
                 for token in reversed(w.out):

@@ -106,10 +106,10 @@ class Store:
                                 [(worker, now, row[0]) for row in rows])
         return [(int(i), bytes(p)) for i, p in rows]
 
-    def finish_many(self, worker: int, outcomes: list[tuple[int, tuple]]) -> list[int]:
+    def finish_many(self, worker: int, outcomes: list[tuple[int, tuple]]) -> None:
         """Store a batch's outcomes in one transaction: ``(task, ("ok", result))`` or
         ``(task, ("err", type, message, traceback))``; each only if *worker* holds its
-        claim.  Returns the tasks that failed (their events are written too)."""
+        claim.  A failed task's event is written in the same transaction."""
         now = time.time()
         done = [(o[1], now, t, worker) for t, o in outcomes if o[0] == "ok"]
         bad = [(now, o[1], o[2], o[3], t, worker) for t, o in outcomes if o[0] != "ok"]
@@ -124,7 +124,6 @@ class Store:
                                     [(now, "task failed", json.dumps({"task": b[4], "worker": worker,
                                                                       "error": f"{b[1]}: {b[2]}"}))
                                      for b in bad])
-        return [b[4] for b in bad]
 
     def fail(self, task: int, worker: int, kind: str, message: str, tb: str) -> None:
         with self.db:

@@ -380,7 +380,7 @@ class WorkerNode(Node):
                 if self.running and seq == seen and not self._main_reads \
                         and self.link.take_role(blocking=False):
                     try:
-                        self._pump(lambda: self._want_role or self._stopping.is_set())
+                        self._read_until(lambda: self._want_role or self._stopping.is_set(), None)
                     finally:
                         self.link.give_role()
                 seen = seq
