@@ -17,6 +17,10 @@ workers, which keeps them.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
+import threading
 import weakref
 from typing import Any
 
@@ -29,6 +33,7 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BACKENDS
 
+from . import shm
 from .executor import ClusterExecutor, _local_factory
 
 
@@ -51,6 +56,7 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor: ClusterExecutor | None = None
+        self.memmaps: Memmapper | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         from .cluster import nworkers, workers
@@ -84,12 +90,15 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         if ours and len(have) < n:
             have += addprocs(n - len(have))
         self.parallel = parallel
+        self.memmaps = _memmapper(kwargs)
         self.executor = ClusterExecutor(
             workers=have[:n], manager=_local_factory if ours else None,
             initializer=kwargs.get("initializer"), initargs=kwargs.get("initargs", ()))
         return n
 
     def submit(self, func: Any, callback: Any = None) -> Any:
+        if self.memmaps is not None:
+            self.memmaps.convert(func)
         fut = self.executor.submit(_registered_call, func)  # type: ignore[union-attr]
         if callback is not None:
             fut.add_done_callback(callback)
@@ -108,6 +117,9 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             running = self.executor._running_on()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+            if self.memmaps is not None:
+                self.memmaps.close()
+                self.memmaps = None
             if running:
                 from .cluster import interrupt
 
@@ -121,13 +133,89 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None
+        if self.memmaps is not None:
+            self.memmaps.close()
+            self.memmaps = None
         self.reset_batch_stats()
 
 
-#: what joblib passes to process backends; the memmapping ones (max_nbytes, mmap_mode,
-#: temp_folder) are not acted on yet: large arrays travel as zero-copy frames instead
+#: what joblib passes to process backends (max_nbytes, mmap_mode, temp_folder: Memmapper)
 _KNOWN_KWARGS = {"initializer", "initargs", "verbose", "temp_folder", "context", "max_nbytes",
                  "mmap_mode", "idle_worker_timeout"}
+
+_MMAP_MODES = (None, "r", "r+", "w+", "c")
+
+
+def _memmapper(kwargs: dict) -> Memmapper | None:
+    mode, limit = kwargs.get("mmap_mode", "r"), kwargs.get("max_nbytes", 1_000_000)
+    if mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode={mode!r}: joblib takes one of {_MMAP_MODES}")
+    if limit is not None and (not isinstance(limit, (int, float)) or limit < 0):
+        raise ValueError(f"max_nbytes={limit!r}: give a number of bytes, a string such as '1M', "
+                         "or None (no memmapping)")
+    if mode is None or limit is None:
+        return None
+    return Memmapper(int(limit), mode, kwargs.get("temp_folder"))
+
+
+class Memmapper:
+    """joblib's auto-memmapping, for one Parallel call (``configure`` to ``terminate``):
+    a numpy array of at least *max_nbytes* in a batch's arguments is written once to a
+    file in the call's folder and passed as a ``np.memmap`` opened with *mmap_mode* (``r``:
+    read-only), which workers on this host map by reference (``shm.memmap_reducers``);
+    the folder goes at ``terminate``.  The folder: *temp_folder*, else
+    ``$JOBLIB_TEMP_FOLDER``, else ``/dev/shm``, else the system's temporary folder.
+    Called from joblib's dispatch thread (``submit``)."""
+
+    def __init__(self, max_nbytes: int, mmap_mode: str, temp_folder: str | None) -> None:
+        self.max_nbytes = max_nbytes
+        self.mode = "r+" if mmap_mode == "w+" else mmap_mode  # reopening must not truncate
+        self.root = temp_folder or os.environ.get("JOBLIB_TEMP_FOLDER")
+        self.folder: str | None = None
+        self.done: dict[int, tuple[Any, Any]] = {}  # id(array) -> (array, its memmap)
+        self.lock = threading.Lock()
+
+    def convert(self, batch: Any) -> None:
+        items = getattr(batch, "items", None)
+        np = sys.modules.get("numpy")
+        if items is None or np is None:
+            return
+        with self.lock:
+            batch.items = [(f, tuple(self._one(np, a) for a in args),
+                            {k: self._one(np, v) for k, v in kwargs.items()})
+                           for f, args, kwargs in items]
+
+    def _one(self, np: Any, x: Any) -> Any:
+        if type(x) is not np.ndarray or not x.size or x.nbytes < self.max_nbytes or x.dtype.hasobject:
+            return x
+        hit = self.done.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        path = os.path.join(self._folder(), f"{len(self.done)}.mmap")
+        order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+        out = np.memmap(path, dtype=x.dtype, mode="w+", shape=x.shape, order=order)
+        out[...] = x
+        out.flush()
+        del out
+        m = np.memmap(path, dtype=x.dtype, mode=self.mode, shape=x.shape, order=order)
+        self.done[id(x)] = (x, m)
+        return m
+
+    def _folder(self) -> str:
+        if self.folder is None:
+            root = self.root
+            if root is None:
+                root = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+            self.folder = tempfile.mkdtemp(prefix=f"{shm.PREFIX}{shm._tag}-joblib", dir=root)
+        return self.folder
+
+    def close(self) -> None:
+        with self.lock:
+            self.done.clear()
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder = None
+
 
 #: the master on which this backend started the workers (it may start more, replace them)
 _started_on: weakref.ref | None = None

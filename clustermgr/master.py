@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from . import protocol as P
+from . import shm
 from .auth import Gate, RejectLog, ReplyBudget
 from .errors import ClusterError, ProcessExitedError, ProtocolError, TopologyError
 from .execute import execute, run_local
@@ -102,6 +103,7 @@ class MasterNode(Node):
         self._pool: ThreadPoolExecutor | None = None
         self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
         self.plain_output: set[int] = set()  # workers whose output is shown as is
+        shm.sweep()  # segments of clustermgr processes killed before (shm.py)
 
     def listen(self, addr: str, port: int = 0, timeout: float = 10.0) -> str:
         """Listen on one more endpoint (any thread); returns ``tcp://addr:port``.  Off
@@ -315,7 +317,10 @@ class MasterNode(Node):
 
         # The multiprocessing authkey, so that Manager proxies the master passes work on
         # the workers too: sent on the authenticated link (encrypted off loopback).
-        welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path,
+        shares = s.shared_memory and shm.check_probe(msg.get("shm_probe"))
+        if shares:
+            shm.enable(wid)
+        welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path, "shm": shares,
                    "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace,
                    "mp_authkey": bytes(process.current_process().authkey).hex()}
         self._send_raw(identity, [pack_header(Kind.WELCOME, 0, 1, wid), P.dump_json(welcome)])
@@ -420,6 +425,9 @@ class MasterNode(Node):
             listener("leave", wid)
         with self.joined:
             self.joined.notify_all()
+        if shm.shares(wid):  # what it was sent and never took, what it left if killed
+            shm.forget(wid)
+            shm.sweep()
         self.fail_target(wid, exc)
         log.info("worker %d is gone: %s", wid, cause)
 
@@ -464,3 +472,5 @@ class MasterNode(Node):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.ctx.destroy(linger=0)
+        shm.release()
+        shm.sweep()  # workers killed on the way out

@@ -14,7 +14,10 @@ do.  Buffers of at least :data:`OUT_OF_BAND_MIN` bytes (numpy
 arrays, ``PickleBuffer``, ...) leave the pickle stream and travel as separate frames that
 ZeroMQ sends straight from the object's memory, so a 1 GB array is never copied into one
 ``bytes`` object.  On receipt, the frames' memory becomes the arrays' memory (pyzmq frames
-are writable, so received arrays are writable too).
+are writable, so received arrays are writable too).  For a receiver on this host that
+shares ``/dev/shm``, buffers of ``shm.MIN_BYTES`` or more go through shared memory
+instead (``shm.py``: written once, mapped by the receiver), and a ``np.memmap`` travels
+as a reference to its file (writes into it are shared, as joblib documents).
 
 Callers: user threads serialize calls (``calls.py``); the worker's main thread
 deserializes calls and serializes results; futures deserialize results lazily, in the
@@ -24,14 +27,18 @@ thread that fetches them, so the I/O threads only move frames.
 from __future__ import annotations
 
 import collections
+import copyreg
 import io
 import pickle
+import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
+
+from . import shm
 
 #: Buffers smaller than this stay inside the pickle stream (a frame costs more than a copy).
 OUT_OF_BAND_MIN = 64 * 1024
@@ -61,6 +68,8 @@ def dumps(obj: Any, dest: int | None = None) -> list:
     _local.dest, _local.sent = dest, []
     try:
         frames = _dumps(obj)
+        if len(frames) > 1 and shm.shares(dest):
+            frames = shm.encode(frames, dest)
         applied = _local.sent
     finally:
         _local.dest, _local.sent = prev
@@ -86,9 +95,15 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
     """One pickle of *obj*, protocol 5: the C pickler's when it will do (see the module
     docstring), else cloudpickle's with code keeping its file name.  *buffers*: the list
     *buffer_callback* fills, emptied if the first try is thrown away."""
+    picklers = _memmap_picklers() if shm.shares(destination()) else None
     if not _by_value_modules():
         try:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+            if picklers is None:
+                data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+            else:
+                f = io.BytesIO()
+                picklers[0](f, protocol=5, buffer_callback=buffer_callback).dump(obj)
+                data = f.getvalue()
         except Exception:  # noqa: BLE001 - cloudpickle may manage, or say why not
             data = None
         if data is not None and b"__main__" not in data:
@@ -99,8 +114,28 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
         if pending is not None:
             pending.clear()
     out = io.BytesIO()
-    _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
+    (_Pickler if picklers is None else picklers[1])(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
+
+
+_with_memmaps: tuple[type, type] | None = None
+
+
+def _memmap_picklers() -> tuple[type, type] | None:
+    """Picklers (C, cloudpickle) that send a ``np.memmap`` by reference to its file, for
+    a receiver on this host (``shm.memmap_reducers``); None while numpy is not imported."""
+    global _with_memmaps
+    if _with_memmaps is None:
+        np = sys.modules.get("numpy")
+        if np is None:
+            return None
+        table = shm.memmap_reducers(np)
+        _with_memmaps = (
+            type("_CMemmapPickler", (pickle.Pickler,),
+                 {"dispatch_table": collections.ChainMap(table, copyreg.dispatch_table)}),
+            type("_MemmapPickler", (_Pickler,),
+                 {"dispatch_table": collections.ChainMap(table, _Pickler.dispatch_table)}))
+    return _with_memmaps
 
 
 def _by_value_modules() -> object:

@@ -23,6 +23,8 @@ class Settings:
     bind: the address the master listens on ("127.0.0.1" keeps it on this host).
     port: 0 picks a free port.
     shutdown_timeout: at master exit, seconds given to workers to leave before killing.
+    shared_memory: large buffers (numpy arrays...) for workers that share this host's
+        ``/dev/shm`` travel through shared memory (detected per worker; ``shm.py``).
     """
 
     heartbeat_interval: float = 1.0
@@ -32,6 +34,7 @@ class Settings:
     bind: str = "127.0.0.1"
     port: int = 0
     shutdown_timeout: float = 5.0
+    shared_memory: bool = True
     cookie: str | None = field(default=None, repr=False)
     encrypt: bool | None = None
     _frozen: bool = field(default=False, repr=False)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import serialize
+from . import serialize, shm
 from .channels import ChannelStore
 from .errors import CallRevoked, ClusterError, ProcessExitedError
 from .protocol import Flag, Header, Kind, pack_header
@@ -481,6 +481,8 @@ class Node(abc.ABC):
 
     def dispatch(self, hdr: Header, frames: list) -> None:
         kind = hdr.kind
+        if len(frames) > 2:  # buffers: some may be in shared memory, mapped here at once
+            frames = shm.adopt(frames)
         if kind == Kind.RESULT:
             self._on_result(hdr, frames)
         elif kind == Kind.CALL:
@@ -548,3 +550,4 @@ class Node(abc.ABC):
                 fut._set_exception(exc)
         self.channels.drop_peer(wid)
         self.refs.drop_process(wid)
+        shm.forget(wid)

@@ -1,5 +1,6 @@
 """Shared fixtures.  Every test is checked for leaked processes: after it, the test
-process may have no children except the live workers of the current cluster."""
+process may have no children except the live workers of the current cluster; and for
+leaked shared memory: no segment of a process that has ended may be left in /dev/shm."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psutil
 import pytest
 
 import clustermgr as cm
+from clustermgr import shm
 from clustermgr.master import MasterNode
 from clustermgr.transport import current_node
 
@@ -112,6 +114,16 @@ def _cmdline(proc: psutil.Process) -> list[str] | str:
         return f"pid {proc.pid} (gone)"
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+    yield
+    left = shm.leftovers()
+    shm.sweep()
+    # (a probe file of a worker killed while it joined is swept, not counted)
+    segments = [n for n in left if not n.endswith("-probe")]
+    assert not segments, f"shared memory left behind by ended processes: {segments}"
+
+
 @pytest.fixture
 def cluster():
     """Two live workers, [2, 3]: reused from the previous test when it left them healthy."""
@@ -123,6 +135,7 @@ def cluster():
 
 @pytest.fixture(scope="session", autouse=True)
 def _shutdown_at_end():
+    shm.sweep()  # what a crashed earlier run left
     yield
     cm.shutdown()
 

@@ -90,3 +90,15 @@ def test_function_form(fresh, dockerd):
     ids = addprocs_docker(1, dir=REPO, timeout=60, **dockerd)
     assert len(ids) == 1
     cm.rmprocs(ids)
+
+
+def test_a_container_with_its_own_dev_shm_gets_buffers_over_the_link(fresh, dockerd):
+    """Containers do not share the host's /dev/shm unless asked: the probe tells."""
+    from clustermgr import shm
+
+    [wid] = cm.addprocs(DockerManager(1, **dockerd), dir=REPO)
+    assert not shm.shares(wid)
+    data = bytearray(os.urandom(2 * shm.MIN_BYTES))  # out of band, above the threshold
+    assert cm.remotecall_fetch(lambda b: bytes(b[::-1]), wid, data) == bytes(data[::-1])
+    assert cm.remotecall_fetch(lambda: __import__("clustermgr").shm.shares(1), wid) is False
+    cm.rmprocs(wid)

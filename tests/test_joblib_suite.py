@@ -50,9 +50,6 @@ EXCUSED: dict[str, str] = {}
 #: README lists them; fixing one turns its xfail into an XPASS to remove here.
 KNOWN_FAILURES: dict[str, str] = {
     "test_error_capture[clustermgr]": "an error's capture and abort timing differ from loky's",
-    "test_auto_memmap_on_arrays_from_generator[clustermgr]":
-        "max_nbytes/mmap_mode memmapping of large arrays is not implemented",
-    "test_memmapping_leaks[clustermgr]": "max_nbytes/mmap_mode memmapping is not implemented",
 }
 KNOWN_HANGS: dict[str, str] = {
     "test_nested_loop[clustermgr-clustermgr]":

@@ -14,8 +14,9 @@ import sys
 import threading
 from typing import NoReturn
 
+from .. import shm
 from ..protocol import read_cookie_file, read_secret_from_env
-from .loop import EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED, end_descendants, run_worker
+from .loop import EXIT_CHANNEL_CLOSED, EXIT_MASTER_LOST, EXIT_MASTER_RESTARTED, end_descendants, run_worker
 
 
 def build_parser(prog: str = "python -m clustermgr.worker") -> argparse.ArgumentParser:
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
 def _leave(code: int) -> NoReturn:
     """End the process now: a worker asked to leave must not be held up by threads its
     tasks started, by ZeroMQ's teardown or by exit handlers."""
+    shm.release()
+    if code == EXIT_MASTER_LOST:
+        shm.sweep()  # what a master that died left in shared memory
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -91,6 +95,8 @@ def _exit_when_stdin_closes() -> None:
     while os.read(sys.stdin.fileno(), 65536):
         pass
     end_descendants(grace=1.0)
+    shm.release()
+    shm.sweep()
     os._exit(EXIT_CHANNEL_CLOSED)
 
 

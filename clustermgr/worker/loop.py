@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from .. import protocol as P
+from .. import shm
 from ..auth import client_auth
 from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
 from ..execute import execute, flush_std, run_local
@@ -105,10 +106,16 @@ class WorkerNode(Node):
             raise AuthError(f"the master at {self.address} holds a different secret than "
                             "this worker (check CLUSTERMGR_COOKIE or --cookie-file); refusing "
                             "to run anything it sends") from None
-        self._send_now(Kind.AUTH, {
-            **answer, "versions": versions or P.versions(), "launch_id": self.launch_id,
-            "host": socket.gethostname(), "pid": os.getpid()})
-        welcome = self._expect(Kind.WELCOME, timeout)
+        probe = shm.probe()  # does the master share our /dev/shm? (it reads this back)
+        try:
+            self._send_now(Kind.AUTH, {
+                **answer, "versions": versions or P.versions(), "launch_id": self.launch_id,
+                "host": socket.gethostname(), "pid": os.getpid(), "shm_probe": probe})
+            welcome = self._expect(Kind.WELCOME, timeout)
+        finally:
+            shm.unprobe(probe)
+        if welcome.get("shm"):
+            shm.enable(P.MASTER_ID)
         self.myid = int(welcome["id"])
         self.topology = str(welcome.get("topology", "all_to_all"))
         self.heartbeat_interval = float(welcome.get("heartbeat_interval", 1.0))
@@ -234,6 +241,8 @@ class WorkerNode(Node):
         if silent > self.master_grace and not self.leaving:
             os.write(2, f"clustermgr worker {self.myid}: no word from the master for "
                         f"{silent:.1f} s (master_grace={self.master_grace}); exiting\n".encode())
+            shm.release()
+            shm.sweep()  # what a master that died left in shared memory
             os._exit(EXIT_MASTER_LOST)
 
     def check_target(self, wid: int) -> None:
