@@ -156,7 +156,10 @@ class Runner:
             t0 = time.perf_counter()
             out = a.map(total, [arr] * 8, 1)
             took = time.perf_counter() - t0
-        assert out == [expected] * 8, f"{a.name} summed the shared array wrongly"
+        # (approximately: numpy's pairwise sum rounds by the buffer's alignment, and dask's
+        # buffers are aligned otherwise)
+        assert all(abs(v - expected) <= 1e-9 * abs(expected) for v in out) and len(out) == 8, \
+            f"{a.name} summed the shared array wrongly"
         return took, peak.mib
 
     def sleeps(self, a: Adapter) -> float:
@@ -219,7 +222,7 @@ def joblib_shared(quick: bool) -> dict[str, dict[str, float]]:
                     t0 = time.perf_counter()
                     got = joblib.Parallel()(joblib.delayed(total)(arr) for _ in range(8))
                     took = time.perf_counter() - t0
-            assert got == [expected] * 8
+            assert len(got) == 8 and all(abs(v - expected) <= 1e-9 * abs(expected) for v in got)
             out[backend] = {"s": took, "peak_MiB": peak.mib}
         except Exception as exc:  # noqa: BLE001 - reported in the table
             traceback.print_exc()

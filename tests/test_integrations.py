@@ -103,3 +103,35 @@ def test_the_library_logs_under_clustermgr_and_prints_nothing(fresh, capsys, cap
     names = {r.name for r in caplog.records}
     assert names == {"clustermgr"}
     assert any("executor worker" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def sklearn_workloads():
+    """scikit-learn's parallel entry points on a small problem (also benchmarks/scikit.py)."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    x, y = make_classification(n_samples=300, n_features=8, random_state=0)
+    grid = GridSearchCV(LogisticRegression(max_iter=500), {"C": [0.1, 1.0, 10.0]}, cv=3, n_jobs=2)
+    grid.fit(x, y)
+    forest = RandomForestClassifier(n_estimators=20, random_state=0, n_jobs=2).fit(x, y)
+    return {
+        "grid": (grid.best_params_, list(grid.cv_results_["mean_test_score"])),
+        "forest": forest.predict_proba(x).tolist(),
+        "cv": list(cross_val_score(LogisticRegression(max_iter=500), x, y, cv=4, n_jobs=2)),
+        "importance": permutation_importance(forest, x, y, n_repeats=3, random_state=0,
+                                             n_jobs=2).importances_mean.tolist(),
+    }
+
+
+def test_scikit_learn_gives_the_same_results_as_under_loky(cluster):
+    from joblib.externals.loky import get_reusable_executor
+
+    with joblib.parallel_config(backend="loky"):
+        expected = sklearn_workloads()
+    get_reusable_executor().shutdown(wait=True)  # loky's workers end here, not at exit
+    with joblib.parallel_config(backend="clustermgr"):
+        got = sklearn_workloads()
+    assert got == expected
