@@ -319,7 +319,7 @@ class MasterNode(Node):
         # the workers too: sent on the authenticated link (encrypted off loopback).
         shares = s.shared_memory and shm.check_probe(msg.get("shm_probe"))
         if shares:
-            shm.enable(wid)
+            shm.enable(wid, shm.probe_creator(msg.get("shm_probe")))
         welcome = {"id": wid, "topology": self.topology, "sys_path": sys.path, "shm": shares,
                    "heartbeat_interval": s.heartbeat_interval, "master_grace": s.master_grace,
                    "mp_authkey": bytes(process.current_process().authkey).hex()}

@@ -114,7 +114,8 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
         if pending is not None:
             pending.clear()
     out = io.BytesIO()
-    (_Pickler if picklers is None else picklers[1])(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
+    pickler = _Pickler if picklers is None else picklers[1]
+    pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
 
 

@@ -30,6 +30,8 @@ links a peer never took when that peer dies (:func:`forget`), every process unli
 still holds when it leaves (:func:`release`), and :func:`sweep` removes the segments of
 processes that no longer exist (run by a master when it starts and when a worker dies, by
 a worker that lost its master, and by the test suite), which covers ``kill -9`` of anyone.
+A worker that leaves while its master lives leaves the links it sent (its last RESULT may
+still be on its way); the master removes what that worker wrote once it is gone.
 
 Callers: ``serialize.dumps`` (:func:`shares`, :func:`encode`), ``Node.dispatch``
 (:func:`adopt`), the handshake (:func:`probe`, :func:`check_probe`, :func:`enable`),
@@ -78,6 +80,7 @@ _PROBE_NAME = re.compile(r"clustermgr-\d+-\d+-probe")
 
 _lock = threading.RLock()
 _peers: set[int] = set()  # processes that share our /dev/shm
+_creators: dict[int, str] = {}  # their creator tags, where known (the master's workers)
 _pending: dict[int, list[str]] = collections.defaultdict(list)  # links sent, per receiver
 _cache: collections.OrderedDict[int, _Segment] = collections.OrderedDict()  # by id(object)
 _cached_bytes = 0
@@ -160,10 +163,22 @@ def check_probe(info: Any) -> bool:
         os.close(fd)
 
 
-def enable(peer: int) -> None:
-    """From now on, large buffers for *peer* go through shared memory."""
+def probe_creator(info: Any) -> str | None:
+    """The creator tag (``<pid>-<stamp>``) in a checked probe's name: the names that
+    process writes start with it."""
+    name = info.get("name") if isinstance(info, dict) else None
+    if not isinstance(name, str) or not _PROBE_NAME.fullmatch(name):
+        return None
+    return name[len(PREFIX):-len("-probe")]
+
+
+def enable(peer: int, creator: str | None = None) -> None:
+    """From now on, large buffers for *peer* go through shared memory.  *creator*: the
+    peer's creator tag, so that what it leaves behind can be removed when it goes."""
     with _lock:
         _peers.add(peer)
+        if creator:
+            _creators[peer] = creator
 
 
 def shares(dest: int | None) -> bool:
@@ -401,19 +416,39 @@ def _failing_pickle(message: str) -> bytes:
 # --- cleaning up -----------------------------------------------------------------------
 
 def forget(peer: int) -> None:
-    """*peer* is gone: unlink the segments sent to it that it never took."""
+    """*peer* is gone: unlink the segments sent to it that it never took, and those it
+    wrote (messages from it that were read have been mapped; later ones are not read)."""
     with _lock:
         _peers.discard(peer)
         names = _pending.pop(peer, [])
+        creator = _creators.pop(peer, None)
     for name in names:
         _unlink(name)
+    if creator:
+        _remove_created_by(creator)
 
 
-def release() -> None:
-    """Unlink every name this process still holds (it is leaving)."""
+def _remove_created_by(creator: str) -> None:
+    try:
+        entries = list(os.scandir(DIR))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(f"{PREFIX}{creator}-"):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                _unlink(entry.name)
+
+
+def release(sent: bool = True) -> None:
+    """Unlink the names this process still holds (it is leaving).  ``sent=False`` keeps
+    the links sent to peers, for a process that leaves while its master lives: its last
+    messages may still be on their way, and the master removes them once it has read them."""
     with _lock:
-        names = [n for sent in _pending.values() for n in sent]
-        _pending.clear()
+        names = [n for out in _pending.values() for n in out] if sent else []
+        if sent:
+            _pending.clear()
         while _cache:
             _evict(_cache.popitem()[1])
     for name in names:
@@ -485,6 +520,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     _tag = _stamp()
     _peers.clear()
+    _creators.clear()
     _pending.clear()
     _cache.clear()
     _cached_bytes = 0

@@ -300,3 +300,43 @@ def test_joblib_max_nbytes_and_mmap_mode_are_honoured(cluster, tmp_path):
         assert plain == [(False, 200_000.0)]
         with pytest.raises(ValueError, match="mmap_mode='rw': joblib takes one of"):
             joblib.Parallel(mmap_mode="rw")(joblib.delayed(abs)(1) for _ in range(2))
+
+
+def big_result(i):
+    return np.full(BIG // 8, float(i))
+
+
+def test_a_result_sent_just_before_its_worker_leaves_arrives(fresh):
+    """A worker recycled after each task sends its last result through shared memory and
+    leaves at once: the master must still read it (the worker leaves its links to it)."""
+    with cm.ClusterExecutor(2, max_tasks_per_child=1) as ex:
+        sums = [float(r.sum()) for r in ex.map(big_result, range(6))]
+    assert sums == [float(i) * (BIG // 8) for i in range(6)]
+
+
+def slow_big_result():
+    import time
+
+    time.sleep(0.3)
+    return np.full(BIG // 8, 5.0)
+
+
+def test_a_result_sent_as_its_worker_is_removed_arrives(fresh):
+    [w] = cm.addprocs(1)
+    fut = cm.remotecall(slow_big_result, w)
+    cm.rmprocs([w], waitfor=30)  # asked to leave mid-task: it finishes, replies, leaves
+    assert float(fut.fetch(30).sum()) == 5.0 * (BIG // 8)
+
+
+def test_leaving_while_the_master_lives_keeps_the_links_it_sent():
+    """What a worker does when asked to leave: its last message may still be unread."""
+    shm.enable(98)
+    try:
+        a = np.ones(BIG // 8)
+        frames = serialize.dumps(a, 98)
+        shm.release(sent=False)  # cached segments go; the message's own name stays
+        back = serialize.loads(shm.adopt([b"header", *frames])[1:])
+        assert np.array_equal(back, a) and mapped(back)
+    finally:
+        shm.forget(98)
+    assert not ours(os.getpid())

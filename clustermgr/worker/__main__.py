@@ -15,7 +15,7 @@ import threading
 from typing import NoReturn
 
 from .. import shm
-from ..protocol import read_cookie_file, read_secret_from_env
+from ..protocol import MASTER_ID, read_cookie_file, read_secret_from_env
 from .loop import EXIT_CHANNEL_CLOSED, EXIT_MASTER_LOST, EXIT_MASTER_RESTARTED, end_descendants, run_worker
 
 
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
         code = run_worker(address, secret, launch_id, args.connect_timeout, encrypt)
         if code != EXIT_MASTER_RESTARTED:
             _leave(code)
+        shm.forget(MASTER_ID)  # what the old master never took goes; the new one is probed
+        shm.release()
         print(f"clustermgr worker: the master at {address} restarted; joining it again",
               file=sys.stderr)
         launch_id = ""  # the new master did not launch this worker
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
 def _leave(code: int) -> NoReturn:
     """End the process now: a worker asked to leave must not be held up by threads its
     tasks started, by ZeroMQ's teardown or by exit handlers."""
-    shm.release()
+    shm.release(sent=code != 0)  # leaving as asked: the master takes our last messages
     if code == EXIT_MASTER_LOST:
         shm.sweep()  # what a master that died left in shared memory
     for stream in (sys.stdout, sys.stderr):
