@@ -1,5 +1,6 @@
 """Hostile peers, dead workers, vanished masters, interrupts."""
 
+import contextlib
 import os
 import pickle
 import signal
@@ -149,6 +150,35 @@ def test_worker_exits_when_master_is_killed():
             assert worker.all_gone(15), "the worker outlived its master"
             assert time.monotonic() - t0 < 2.0 + 1.0  # the grace, plus ticks and slack
     finally:
+        master_proc.kill()
+        master_proc.wait(10)
+        master_proc.stdout.close()
+
+
+CHILD_SCRIPT = textwrap.dedent("""
+    import os, subprocess, sys, time, clustermgr as cm
+    cm.configure(heartbeat_interval=0.2, master_grace=1.0)
+    [w] = cm.addprocs(1)
+    start = lambda: subprocess.Popen(["sleep", "600"], start_new_session=True).pid
+    print(cm.remotecall_fetch(os.getpid, w), cm.remotecall_fetch(start, w), flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_task_child_goes_with_its_worker_when_the_master_is_killed():
+    master_proc = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT], stdout=subprocess.PIPE,
+                                   text=True)
+    pids = []
+    try:
+        pids = [int(p) for p in master_proc.stdout.readline().split()]
+        with watch(pids) as tree:  # the worker and the detached child its task started
+            master_proc.kill()
+            master_proc.wait(10)
+            assert tree.all_gone(15), "a task's child outlived its worker and master"
+    finally:
+        for pid in pids:  # a failed run must not leave them behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         master_proc.kill()
         master_proc.wait(10)
         master_proc.stdout.close()

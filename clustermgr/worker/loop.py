@@ -241,6 +241,7 @@ class WorkerNode(Node):
         if silent > self.master_grace and not self.leaving:
             os.write(2, f"clustermgr worker {self.myid}: no word from the master for "
                         f"{silent:.1f} s (master_grace={self.master_grace}); exiting\n".encode())
+            end_descendants(grace=1.0)  # what its tasks started goes with it
             shm.release()
             shm.sweep()  # what a master that died left in shared memory
             os._exit(EXIT_MASTER_LOST)
