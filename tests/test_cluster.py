@@ -1,5 +1,6 @@
 """addprocs / rmprocs / topology / launch failures."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -220,3 +221,20 @@ def test_the_exit_watcher_owns_its_pipe(fresh):
     watcher.stop()  # again: a no-op, nothing written
     watcher.watch(type("H", (), {"proc": psutil.Process()})())  # after stop: not registered
     assert watcher.by_fd == {}
+
+
+@pytest.mark.parametrize("n", [1, 2])  # 1: a plain subprocess; 2: forked by the fork server
+def test_a_killed_workers_detached_child_goes_too(fresh, n):
+    """kill -9 leaves the worker no chance to end its tree: the manager finds what its
+    tasks started by the mark in their environment (managers/local.py)."""
+    w = cm.addprocs(n)[0]
+    start = lambda: __import__("subprocess").Popen(["sleep", "600"], start_new_session=True).pid  # noqa: E731
+    child = cm.remotecall_fetch(start, w)
+    pid = cm.remotecall_fetch(os.getpid, w)
+    with watch([child]) as orphan:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            assert orphan.all_gone(15), "a killed worker's child outlived it"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)

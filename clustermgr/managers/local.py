@@ -4,10 +4,18 @@ Each worker runs in its own session (so a Ctrl-C in the master's terminal does n
 it), with stdin closed and its file-level stdout/stderr in a log file; Python-level output
 is forwarded to the master by the worker itself.  One watcher thread learns of every exit
 at once through pidfds and reports it with the exit code or signal and the log's tail.
+
+What a worker's tasks start goes with it: a worker that leaves (asked, or because its
+master is gone) ends its descendants itself; and each worker's environment carries its
+launch id (``CLUSTERMGR_TASK_OF``), inherited by whatever its tasks start, so once a
+worker's process has ended, even by ``kill -9``, the watcher ends every process still
+carrying that mark, also those that left its process tree (a new session, a double fork).
+A process that clears its environment escapes this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import select
@@ -51,6 +59,30 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+#: Set in each worker's environment to its launch id; what its tasks start inherits it.
+TASK_OF = "CLUSTERMGR_TASK_OF"
+
+
+def end_leftovers(launch_id: str, grace: float = 1.0) -> None:
+    """A worker is gone (even by ``kill -9``): end every process that carries its mark,
+    such as a child its task started in a session of its own, which no longer descends
+    from it (SIGTERM, then SIGKILL after *grace* s).  Called by the exit watcher."""
+    victims = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TASK_OF) == launch_id:
+                victims.append(proc)
+        except psutil.Error:
+            continue
+    for proc in victims:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(victims, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -126,7 +158,8 @@ class LocalManager(ClusterManager):
             for index in range(self.np):
                 launch_id = secrets.token_hex(8)
                 log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
-                env = {**base_env, **spec.environment(launch_id), **self.worker_env(index)}
+                env = {**base_env, **spec.environment(launch_id), **self.worker_env(index),
+                       TASK_OF: launch_id}
                 if server is not None:
                     proc: Any = server.spawn(env, spec.dir, log_path)
                 else:
@@ -267,4 +300,6 @@ class _ExitWatcher:
             self.poll.unregister(fd)
         os.close(fd)
         code = handle.proc.wait()  # type: ignore[union-attr]
+        threading.Thread(target=end_leftovers, args=(handle.launch_id,), daemon=True,
+                         name="clustermgr-leftovers").start()
         self.spec.on_exit(handle, self.manager.exit_cause(handle, code), self.manager.log_tail(handle))
