@@ -90,6 +90,8 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         if ours and len(have) < n:
             have += addprocs(n - len(have))
         self.parallel = parallel
+        # on a worker, joblib must wait through retrieve_result (it serves calls meanwhile)
+        self.supports_retrieve_callback = node().myid == 1
         self.memmaps = _memmapper(kwargs)
         self.executor = ClusterExecutor(
             workers=have[:n], manager=_local_factory if ours else None,
@@ -108,6 +110,15 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         return out.result()
 
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
+        """joblib waits here for a batch when ``supports_retrieve_callback`` is off: on a
+        worker (a Parallel inside a task), so that the wait keeps running the calls that
+        other workers' nested batches send this one, instead of deadlocking with them."""
+        from .transport import current_node
+
+        n = current_node()
+        if n is not None and n.myid != 1 and not out.done():
+            if not n.block_until(out, timeout):
+                timeout = 0
         return out.result(timeout=timeout)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:

@@ -135,3 +135,16 @@ def test_scikit_learn_gives_the_same_results_as_under_loky(cluster):
     with joblib.parallel_config(backend="clustermgr"):
         got = sklearn_workloads()
     assert got == expected
+
+
+def inner_sum(i):
+    with joblib.parallel_config(backend="clustermgr"):
+        return sum(joblib.Parallel(n_jobs=2, timeout=60)(joblib.delayed(abs)(-j) for j in range(i)))
+
+
+def test_joblib_nested_on_the_cluster_does_not_deadlock(cluster):
+    """Every worker runs an outer task that waits on inner tasks sent to the workers: the
+    waits keep serving those calls (joblib_backend.retrieve_result)."""
+    with joblib.parallel_config(backend="clustermgr"):
+        got = joblib.Parallel(n_jobs=2, timeout=120)(joblib.delayed(inner_sum)(i) for i in range(6))
+    assert got == [sum(range(i)) for i in range(6)]
