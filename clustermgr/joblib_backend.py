@@ -98,6 +98,12 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             initializer=kwargs.get("initializer"), initargs=kwargs.get("initargs", ()))
         return n
 
+    @property
+    def _workers(self) -> ClusterExecutor | None:
+        """The pool of the current call, under the name loky's backend gives its own
+        (joblib's tests look for it; an abort replaces it, as loky's is)."""
+        return self.executor
+
     def submit(self, func: Any, callback: Any = None) -> Any:
         if self.memmaps is not None:
             self.memmaps.convert(func)

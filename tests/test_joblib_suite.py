@@ -51,9 +51,7 @@ EXCUSED: dict[str, str] = {}
 #: Tests about behaviour that fail today: bugs, open in issue #12, not excuses.  Marked
 #: xfail (or skipped where they hang, to keep the run short) so CI stays green while the
 #: README lists them; fixing one turns its xfail into an XPASS to remove here.
-KNOWN_FAILURES: dict[str, str] = {
-    "test_error_capture[clustermgr]": "an error's capture and abort timing differ from loky's",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 KNOWN_HANGS: dict[str, str] = {}
 
 
