@@ -27,6 +27,7 @@ released at once; workers' output reaches this process's stdout and stderr as is
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import logging
@@ -42,6 +43,7 @@ from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
 
 from .errors import CallRevoked, DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
+from .transport import current_node
 from .window import POLL, Window
 
 log = logging.getLogger("clustermgr")
@@ -172,7 +174,14 @@ class ClusterExecutor(Executor):
         self._thread = threading.Thread(target=_dispatch_loop, args=(weakref.ref(self), self._events),
                                         name="clustermgr-executor", daemon=True)
         self._thread.start()
-        weakref.finalize(self, _collected, self._events, self._owned, self._made)
+        # The runtime's view of its workers is ours: a death it sees (an idle worker too)
+        # reaches the dispatcher at once, and the worker is replaced without a submit.
+        self._listeners = getattr(current_node(), "listeners", None)
+        self._listener = functools.partial(_on_cluster_event, self._events)
+        if self._listeners is not None:
+            self._listeners.append(self._listener)
+        weakref.finalize(self, _collected, self._events, self._owned, self._made,
+                         self._listeners, self._listener)
         _executors.add(self)
         self._adopt(ids)
 
@@ -271,7 +280,6 @@ class ClusterExecutor(Executor):
 
     def _adopt(self, ids: list[int]) -> None:
         from .cluster import everywhere
-        from .transport import current_node
 
         plain = getattr(current_node(), "plain_output", None)  # on the master (not a worker)
         if plain is not None:
@@ -301,6 +309,9 @@ class ClusterExecutor(Executor):
             self._finished(*what)
         elif kind == "adopted":
             self._starting -= 1
+        elif kind == "left" and what in self._inflight:
+            exc = getattr(current_node(), "dead", {}).get(what)
+            self._worker_gone(what, exc or ProcessExitedError(what, "it left the cluster"))
         elif kind == "broken":
             self._break(what)
             self._release()
@@ -500,7 +511,20 @@ class ClusterExecutor(Executor):
                 item.future.set_exception(BrokenProcessPool(why))
 
     def _release(self) -> None:
+        _forget_listener(self._listeners, self._listener)
         _release(self._owned, self._made)
+
+
+def _on_cluster_event(events: queue.SimpleQueue, kind: str, wid: int) -> None:
+    """A cluster listener (the master's I/O thread): a worker left or died."""
+    if kind == "leave":
+        events.put(("left", wid))
+
+
+def _forget_listener(listeners: list | None, listener: Any) -> None:
+    if listeners is not None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
 
 
 def _release(owned: set[int], made: list[Any]) -> None:
@@ -542,8 +566,10 @@ def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: queue.SimpleQueue)
         del executor, what  # nothing of the last task stays referenced here
 
 
-def _collected(events: queue.SimpleQueue, owned: set[int], made: list[Any]) -> None:
+def _collected(events: queue.SimpleQueue, owned: set[int], made: list[Any],
+               listeners: list | None, listener: Any) -> None:
     """The executor was garbage collected without shutdown: end what it started."""
+    _forget_listener(listeners, listener)
     events.put(("stop", None))
     if owned or made:
         threading.Thread(target=_release, args=(owned, made), daemon=True,

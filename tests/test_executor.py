@@ -158,3 +158,16 @@ def test_many_small_futures_with_as_completed(fresh):
     with ClusterExecutor(2) as ex:
         futs = [ex.submit(pow, i, 2) for i in range(2000)]
         assert sorted(f.result() for f in cf.as_completed(futs, timeout=120)) == [i * i for i in range(2000)]
+
+
+def test_an_idle_worker_that_dies_is_replaced_without_a_submit(fresh):
+    with ClusterExecutor(2) as ex:
+        pids = {w: cm.remotecall_fetch(os.getpid, w) for w in ex.workers}
+        victim = min(pids)
+        os.kill(pids[victim], 9)  # nothing runs on it: only the runtime sees it go
+        deadline = time.monotonic() + 60
+        while (victim in ex.workers or len(ex.workers) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the replacement joins in the background
+        assert victim not in ex.workers and len(ex.workers) == 2
+        assert set(ex.workers) <= set(cm.workers())  # its view is the runtime's
+        assert sorted(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
