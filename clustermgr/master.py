@@ -425,9 +425,6 @@ class MasterNode(Node):
             listener("leave", wid)
         with self.joined:
             self.joined.notify_all()
-        if shm.shares(wid):  # what it was sent and never took, what it left if killed
-            shm.forget(wid)
-            shm.sweep()
         self.fail_target(wid, exc)
         log.info("worker %d is gone: %s", wid, cause)
 

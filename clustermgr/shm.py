@@ -28,8 +28,8 @@ its argument changes only its own copy, as with a pickled argument.
 Nothing is left behind: names carry the creator's pid and start time.  A sender unlinks the
 links a peer never took when that peer dies (:func:`forget`), every process unlinks what it
 still holds when it leaves (:func:`release`), and :func:`sweep` removes the segments of
-processes that no longer exist (run by a master when it starts and when a worker dies, by
-a worker that lost its master, and by the test suite), which covers ``kill -9`` of anyone.
+processes that no longer exist (run by a master when it starts and exits, by a worker that
+lost its master, and by the test suite), which covers ``kill -9`` of anyone.
 A worker that leaves while its master lives leaves the links it sent (its last RESULT may
 still be on its way); the master removes what that worker wrote once it is gone.
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import ctypes
 import hmac
 import itertools
@@ -220,7 +221,7 @@ def _link_for(buf: memoryview, dest: int) -> str | None:
             log.debug("shared memory: cannot link %s: %s", seg.name, exc)
             return None
         finally:
-            if seg.name not in _names_cached():
+            if _cache.get(id(buf.obj)) is not seg:
                 _unlink(seg.name)  # not kept for reuse: only the message's name is left
         sent = _pending[dest]
         sent.append(link)
@@ -229,10 +230,6 @@ def _link_for(buf: memoryview, dest: int) -> str | None:
         _stats["links"] += 1
         _stats["bytes"] += buf.nbytes
         return link
-
-
-def _names_cached() -> set[str]:
-    return {s.name for s in _cache.values()}
 
 
 def _write(buf: memoryview) -> _Segment | None:
@@ -349,28 +346,20 @@ def adopt(frames: list) -> list:
     frames and the table taken off the body; *frames* itself when it names no segment.
     A segment that cannot be mapped makes the body one that raises a ClusterError when
     it is loaded, so the call or Future it belongs to fails with that message."""
-    body = frames[1]
-    view = getattr(body, "buffer", None) or memoryview(body)
+    view = _view(frames[1])
     if view[:len(MARK)] != MARK:
         return frames
     out = list(frames)
-    pos = len(MARK) + 2
-    (count,) = struct.unpack_from("<H", view, len(MARK))
-    mapped = []
     try:
-        for _ in range(count):
-            index, nbytes, size = _ENTRY.unpack_from(view, pos)
-            pos += _ENTRY.size
-            name = bytes(view[pos:pos + size]).decode()
-            pos += size
+        entries, pos = _table(view)
+        mapped = []
+        for index, nbytes, name in entries:
             mapped.append((2 + index, _map(name, nbytes)))
     except (OSError, ValueError, struct.error) as exc:
-        try:
-            for name in names_in([view]):
+        with contextlib.suppress(ValueError, struct.error):
+            for _, _, name in _table(view)[0]:
                 if _LINK_NAME.fullmatch(name):
                     _unlink(name)
-        except (ValueError, struct.error):
-            pass
         out[1] = _failing_pickle(f"a shared-memory buffer of this message could not be read "
                                  f"({exc}); its sender may have died or {DIR} was cleared")
         return out[:2]
@@ -378,6 +367,23 @@ def adopt(frames: list) -> list:
         out[index] = segment
     out[1] = view[pos:]
     return out
+
+
+def _view(frame: Any) -> memoryview:
+    return frame if isinstance(frame, memoryview) else \
+        getattr(frame, "buffer", None) or memoryview(frame)
+
+
+def _table(view: memoryview) -> tuple[list[tuple[int, int, str]], int]:
+    """A marked body's ``(buffer index, size, name)`` entries, and where its pickle starts."""
+    (count,) = struct.unpack_from("<H", view, len(MARK))
+    pos, entries = len(MARK) + 2, []
+    for _ in range(count):
+        index, nbytes, size = _ENTRY.unpack_from(view, pos)
+        pos += _ENTRY.size
+        entries.append((index, nbytes, bytes(view[pos:pos + size]).decode()))
+        pos += size
+    return entries, pos
 
 
 def _map(name: str, nbytes: int) -> memoryview:
@@ -429,16 +435,32 @@ def forget(peer: int) -> None:
 
 
 def _remove_created_by(creator: str) -> None:
+    for entry in _ours():
+        if _creator(entry.name) == creator:
+            _remove(entry)
+
+
+def _ours(directory: str | None = None) -> list[os.DirEntry]:
     try:
-        entries = list(os.scandir(DIR))
+        return [e for e in os.scandir(directory or DIR) if e.name.startswith(PREFIX)]
     except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(f"{PREFIX}{creator}-"):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                _unlink(entry.name)
+        return []
+
+
+def _creator(name: str) -> str:
+    """``<pid>-<stamp>`` of a name of ours (see :func:`_stamp`)."""
+    return "-".join(name[len(PREFIX):].split("-")[:2])
+
+
+def _remove(entry: os.DirEntry) -> int:
+    if entry.is_dir(follow_symlinks=False):  # a joblib call's memmap folder
+        shutil.rmtree(entry.path, ignore_errors=True)
+        return 1
+    try:
+        os.unlink(entry.path)
+        return 1
+    except OSError:
+        return 0
 
 
 def release(sent: bool = True) -> None:
@@ -457,34 +479,20 @@ def release(sent: bool = True) -> None:
 
 def sweep(directory: str | None = None) -> int:
     """Unlink the segments and probes of processes that no longer exist; returns how many."""
+    alive: dict[str, bool] = {}  # per creator: one look at its process
     removed = 0
-    creators: dict[str, bool] = {}
-    try:
-        entries = list(os.scandir(directory or DIR))
-    except OSError:
-        return 0
-    for entry in entries:
-        if not entry.name.startswith(PREFIX):
-            continue
-        creator = "-".join(entry.name[len(PREFIX):].split("-")[:2])
-        if creator not in creators:
-            creators[creator] = _alive(creator)
-        if not creators[creator]:
-            if entry.is_dir(follow_symlinks=False):  # a joblib call's memmap folder
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
-            else:
-                removed += _unlink(entry.name, directory)
+    for entry in _ours(directory):
+        creator = _creator(entry.name)
+        if creator not in alive:
+            alive[creator] = _alive(creator)
+        if not alive[creator]:
+            removed += _remove(entry)
     return removed
 
 
 def leftovers(directory: str | None = None) -> list[str]:
     """Names of ours in the directory whose creator is dead (what :func:`sweep` removes)."""
-    try:
-        names = [e.name for e in os.scandir(directory or DIR) if e.name.startswith(PREFIX)]
-    except OSError:
-        return []
-    return [n for n in names if not _alive("-".join(n[len(PREFIX):].split("-")[:2]))]
+    return [e.name for e in _ours(directory) if not _alive(_creator(e.name))]
 
 
 def _alive(creator: str) -> bool:
@@ -499,12 +507,9 @@ def _alive(creator: str) -> bool:
         return True
 
 
-def _unlink(name: str, directory: str | None = None) -> int:
-    try:
-        os.unlink(os.path.join(directory or DIR, name))
-        return 1
-    except OSError:
-        return 0
+def _unlink(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_path(name))
 
 
 def _ensure_release_at_exit() -> None:
@@ -532,18 +537,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def names_in(frames: Sequence[Any]) -> list[str]:
     """The segment names a body's table lists (tests and debugging)."""
-    view = frames[0] if isinstance(frames[0], memoryview) else \
-        getattr(frames[0], "buffer", None) or memoryview(frames[0])
-    if view[:len(MARK)] != MARK:
-        return []
-    (count,) = struct.unpack_from("<H", view, len(MARK))
-    pos, names = len(MARK) + 2, []
-    for _ in range(count):
-        _, _, size = _ENTRY.unpack_from(view, pos)
-        pos += _ENTRY.size
-        names.append(bytes(view[pos:pos + size]).decode())
-        pos += size
-    return names
+    view = _view(frames[0])
+    return [name for _, _, name in _table(view)[0]] if view[:len(MARK)] == MARK else []
 
 
 # --- numpy memmaps: by reference to their file -------------------------------------------

@@ -544,10 +544,11 @@ class Node(abc.ABC):
         self.send([pack_header(Kind.RESULT, flags, self.myid, hdr.src, 0, hdr.id), *frames])
 
     def fail_target(self, wid: int, exc: BaseException) -> None:
-        """Fail every pending request addressed to *wid* (it died)."""
+        """Fail every pending request addressed to *wid* (it died).  Its shared memory goes
+        first: what it was sent and never took, and what it wrote (``shm.forget``)."""
+        shm.forget(wid)
         for mid, (fut, target) in list(self.pending.items()):
             if target == wid and self.pending.pop(mid, None) is not None:
                 fut._set_exception(exc)
         self.channels.drop_peer(wid)
         self.refs.drop_process(wid)
-        shm.forget(wid)
