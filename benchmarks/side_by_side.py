@@ -156,10 +156,7 @@ class Runner:
             t0 = time.perf_counter()
             out = a.map(total, [arr] * 8, 1)
             took = time.perf_counter() - t0
-        # (approximately: numpy's pairwise sum rounds by the buffer's alignment, and dask's
-        # buffers are aligned otherwise)
-        assert all(abs(v - expected) <= 1e-9 * abs(expected) for v in out) and len(out) == 8, \
-            f"{a.name} summed the shared array wrongly"
+        assert eight_sums(out, expected), f"{a.name} summed the shared array wrongly"
         return took, peak.mib
 
     def sleeps(self, a: Adapter) -> float:
@@ -171,6 +168,12 @@ class Runner:
 
 def total(x: Any) -> float:
     return float(x.sum())
+
+
+def eight_sums(values: list[float], expected: float) -> bool:
+    """Eight sums of the shared array, each equal to *expected* up to rounding (numpy's
+    pairwise sum rounds by the buffer's alignment, and dask's buffers align otherwise)."""
+    return len(values) == 8 and all(abs(v - expected) <= 1e-9 * abs(expected) for v in values)
 
 
 class PeakMemory:
@@ -222,7 +225,7 @@ def joblib_shared(quick: bool) -> dict[str, dict[str, float]]:
                     t0 = time.perf_counter()
                     got = joblib.Parallel()(joblib.delayed(total)(arr) for _ in range(8))
                     took = time.perf_counter() - t0
-            assert len(got) == 8 and all(abs(v - expected) <= 1e-9 * abs(expected) for v in got)
+            assert eight_sums(got, expected)
             out[backend] = {"s": took, "peak_MiB": peak.mib}
         except Exception as exc:  # noqa: BLE001 - reported in the table
             traceback.print_exc()

@@ -134,9 +134,7 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             running = self.executor._running_on()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
-            if self.memmaps is not None:
-                self.memmaps.close()
-                self.memmaps = None
+            self._close_memmaps()
             if running:
                 from .cluster import interrupt
 
@@ -150,10 +148,13 @@ class ClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.executor is not None:
             self.executor.shutdown(wait=True)
             self.executor = None
+        self._close_memmaps()
+        self.reset_batch_stats()
+
+    def _close_memmaps(self) -> None:
         if self.memmaps is not None:
             self.memmaps.close()
             self.memmaps = None
-        self.reset_batch_stats()
 
 
 #: what joblib passes to process backends (max_nbytes, mmap_mode, temp_folder: Memmapper)

@@ -172,45 +172,50 @@ def slow_square(x):
     return x * x
 
 
-def test_a_partition_longer_than_the_timeout_retries_elsewhere_and_evicts(namespaces):
+def two_workers_inside(namespaces, **settings) -> tuple[Namespace, ElasticManager, list[int]]:
+    """A namespace, and two hand-started workers in it joined to a master with *settings*."""
     make, procs = namespaces
     [ns] = make(1)
-    cm.configure(heartbeat_interval=0.2, heartbeat_timeout=1.5, master_grace=3.0)
+    cm.configure(**settings)
     em = ElasticManager(addr=ns.host, cookie=COOKIE)
     procs += [ns.worker(em.address), ns.worker(em.address)]
-    cut_off = em.wait(2, timeout=60)
+    return ns, em, em.wait(2, timeout=60)
+
+
+def in_background(fn) -> tuple[threading.Thread, list]:
+    """Run *fn* in a thread; its result lands in the list."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()))
+    thread.start()
+    return thread, result
+
+
+def test_a_partition_longer_than_the_timeout_retries_elsewhere_and_evicts(namespaces):
+    ns, em, cut_off = two_workers_inside(namespaces, heartbeat_interval=0.2,
+                                         heartbeat_timeout=1.5, master_grace=3.0)
     [local] = cm.addprocs(1)  # reachable through the whole test: the retries land here
     first = cm.RemoteChannel()
-    result: list = []
 
     def work(x, ch=first):
         if x == 0:
             ch.put(cm.myid())
         return slow_square(x)
 
-    mapper = threading.Thread(target=lambda: result.append(
-        cm.pmap(work, range(300), retry_delays=[0.0] * 5)))
-    mapper.start()
+    mapper, result = in_background(lambda: cm.pmap(work, range(300), retry_delays=[0.0] * 5))
     first.take(timeout=60)  # the map is running
     ns.cut()
     mapper.join(120)
     assert not mapper.is_alive() and result[0] == [x * x for x in range(300)]  # each once
     assert sorted(em.terminated) == sorted(cut_off) and cm.workers() == [local]
-    for p in procs:  # cut off, they give up on the master after master_grace
+    for p in namespaces[1]:  # cut off, they give up on the master after master_grace
         assert p.wait(30) == EXIT_MASTER_LOST
         assert b"no word from the master" in p.stderr.read()
 
 
 def test_a_flap_shorter_than_the_timeout_changes_nothing(namespaces):
-    make, procs = namespaces
-    [ns] = make(1)
-    cm.configure(heartbeat_interval=0.2, heartbeat_timeout=3.0, master_grace=10.0)
-    em = ElasticManager(addr=ns.host, cookie=COOKIE)
-    procs += [ns.worker(em.address), ns.worker(em.address)]
-    ids = em.wait(2, timeout=60)
-    result: list = []
-    mapper = threading.Thread(target=lambda: result.append(cm.pmap(slow_square, range(200))))
-    mapper.start()
+    ns, em, ids = two_workers_inside(namespaces, heartbeat_interval=0.2, heartbeat_timeout=3.0,
+                                     master_grace=10.0)
+    mapper, result = in_background(lambda: cm.pmap(slow_square, range(200)))
     ns.cut()
     time.sleep(0.8)  # the length of the flap is the point of the test: no event to wait on
     ns.heal()
