@@ -94,43 +94,29 @@ def _dumps(obj: Any) -> list:
 def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: list | None = None) -> bytes:
     """One pickle of *obj*, protocol 5: the C pickler's when it will do (see the module
     docstring), else cloudpickle's with code keeping its file name.  *buffers*: the list
-    *buffer_callback* fills, emptied if the first try is thrown away.  A pickle that names
-    ``memmap``, for a receiver on this host, is made again with picklers that send a
-    ``np.memmap`` by reference (so the hot path keeps ``pickle.dumps``)."""
+    *buffer_callback* fills, emptied if the first try is thrown away."""
     picklers = _memmap_picklers() if shm.shares(destination()) else None
     if not _by_value_modules():
         try:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+            if picklers is None:
+                data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+            else:
+                f = io.BytesIO()
+                picklers[0](f, protocol=5, buffer_callback=buffer_callback).dump(obj)
+                data = f.getvalue()
         except Exception:  # noqa: BLE001 - cloudpickle may manage, or say why not
             data = None
-        if data is not None and picklers is not None and b"memmap" in data:
-            _start_over(buffers)
-            data = _dump_with(picklers[0], obj, buffer_callback)
         if data is not None and b"__main__" not in data:
             return data
-        _start_over(buffers)
+        if buffers is not None:
+            buffers.clear()
+        pending = getattr(_local, "sent", None)
+        if pending is not None:
+            pending.clear()
     out = io.BytesIO()
     pickler = _Pickler if picklers is None else picklers[1]
     pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
-
-
-def _dump_with(pickler: type, obj: Any, buffer_callback: Callable | None) -> bytes | None:
-    try:
-        f = io.BytesIO()
-        pickler(f, protocol=5, buffer_callback=buffer_callback).dump(obj)
-        return f.getvalue()
-    except Exception:  # noqa: BLE001 - cloudpickle may manage, or say why not
-        return None
-
-
-def _start_over(buffers: list | None) -> None:
-    """A first pickle is thrown away: so are its out-of-band buffers and counted refs."""
-    if buffers is not None:
-        buffers.clear()
-    pending = getattr(_local, "sent", None)
-    if pending is not None:
-        pending.clear()
 
 
 _with_memmaps: tuple[type, type] | None = None
