@@ -2,8 +2,8 @@
 
     python -m benchmarks.schedulers [--workers 8] [--repeats 3]
 
-Needs the real back ends of ../shared/clusters running (their start.sh) and nothing else
-using them.  Rows: Slurm (sbatch array), PBS through Slurm's Torque wrappers (one qsub per
+Starts the real back ends through the project's test kit (tests/clusters/, as root) and
+needs nothing else using them.  Rows: Slurm (sbatch array), PBS through Slurm's Torque wrappers (one qsub per
 worker), Grid Engine (qsub -t array) and QRSH (one qrsh -now no per worker).
 """
 
@@ -16,14 +16,23 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import clustermgr as cm
 from clustermgr.managers.pbs import PBSManager
 from clustermgr.managers.sge import QRSHManager, SGEManager
 from clustermgr.managers.slurm import SlurmManager
 
-TORQUE_BIN = "/tmp/slurm-local/torque/bin"
-SGE_BIN = "/opt/sge/bin/lx-amd64"
+KIT = Path(__file__).resolve().parents[1] / "tests" / "clusters"
+
+
+def kit(name: str) -> dict[str, str]:
+    """Start a back end of the test kit (a no-op when it runs); the environment it prints."""
+    done = subprocess.run(["bash", str(KIT / name / "start.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {name} back end did not start: {done.stderr.strip()[-500:]}")
+    lines = (line.removeprefix("export ").partition("=") for line in done.stdout.splitlines())
+    return {key: value for key, eq, value in lines if eq}
 
 
 def _out(argv: list[str], **kw) -> str:
@@ -104,15 +113,16 @@ def main() -> None:
     args = parser.parse_args()
     n = args.workers
     cm.configure(output=None)
-    if os.path.isdir("/opt/sge"):
-        os.environ.setdefault("SGE_ROOT", "/opt/sge")
-        os.environ.setdefault("SGE_CELL", "default")
+    torque_bin = kit("slurm")["SLURM_TORQUE_BIN"]
+    sge = kit("sge")
+    os.environ.update(SGE_ROOT=sge["SGE_ROOT"], SGE_CELL=sge["SGE_CELL"])
+    sge_bin = sge["PATH"].partition(":")[0]
     rows = [
         ("Slurm 22.05 (sbatch array)", "", slurm_raw, lambda: SlurmManager(n, poll_interval=0.2)),
-        ("PBS via Slurm's Torque wrappers (qsub each)", TORQUE_BIN, pbs_raw,
+        ("PBS via Slurm's Torque wrappers (qsub each)", torque_bin, pbs_raw,
          lambda: PBSManager(n, poll_interval=0.2)),
-        ("Grid Engine 8.1.9 (qsub -t array)", SGE_BIN, sge_raw, lambda: SGEManager(n, poll_interval=0.2)),
-        ("Grid Engine 8.1.9 (qrsh -now no each)", SGE_BIN, qrsh_raw,
+        ("Grid Engine 8.1.9 (qsub -t array)", sge_bin, sge_raw, lambda: SGEManager(n, poll_interval=0.2)),
+        ("Grid Engine 8.1.9 (qrsh -now no each)", sge_bin, qrsh_raw,
          lambda: QRSHManager(n, poll_interval=0.2)),
     ]
     print(f"| scheduler | addprocs of {n} (s, median) | scheduler alone: submit to all running (s, median) |")

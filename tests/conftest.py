@@ -170,3 +170,12 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per real back end this machine could not host (see tests/backends.py)."""
+    from backends import unavailable
+    if unavailable:
+        terminalreporter.section("back ends not available here")
+        for reason in unavailable.values():
+            terminalreporter.write_line(reason)

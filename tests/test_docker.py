@@ -1,4 +1,4 @@
-"""DockerManager against the private dockerd of ../shared/clusters/docker (offline images).
+"""DockerManager against the private dockerd of the test kit, tests/clusters/docker (offline images).
 
 The workers run in ``local/hostfs:latest`` (an empty image) with the host's /usr, /etc,
 Python and this checkout mounted read-only, and the host network: what a user does with

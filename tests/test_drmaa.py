@@ -1,4 +1,4 @@
-"""DRMAAManager against the real Grid Engine's libdrmaa (../shared/clusters/sge).
+"""DRMAAManager against the real Grid Engine's libdrmaa (the test kit, tests/clusters/sge).
 
 libdrmaa links jemalloc, which needs GLIBC_TUNABLES at process start, so each scenario runs
 as a master in a subprocess started with Grid Engine's environment, as a user would run it.

@@ -1,4 +1,4 @@
-"""HTCManager: units, then the real personal HTCondor pool of ../shared/clusters/htcondor.
+"""HTCManager: units, then the real personal HTCondor pool of the test kit, tests/clusters/htcondor.
 
 The pool runs every job as the unprivileged user ``htcjob``: the workers use the system's
 ``/usr/bin/python3`` with ``shared_runtime()``'s copy of clustermgr and its dependencies,

@@ -1,6 +1,6 @@
 """LSFManager against the fake LSF command line kit in tests/fakes/lsf (NOT a real LSF:
 no LSF installs here; the fake prints LSF 10.1's formats and exit codes, see its docstring).
-``ssh_cmd`` goes through the real sshd of ../shared/clusters/ssh."""
+``ssh_cmd`` goes through the real sshd of the test kit, tests/clusters/ssh."""
 
 import logging
 import os

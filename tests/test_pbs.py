@@ -49,9 +49,9 @@ def test_ids_and_states_from_recorded_outputs():
 
 @pytest.fixture(scope="module")
 def torque():
-    start("slurm")
+    info = start("slurm")
     saved = os.environ["PATH"]
-    os.environ["PATH"] = f"/tmp/slurm-local/torque/bin:{saved}"  # where start.sh unpacks them
+    os.environ["PATH"] = f"{info['SLURM_TORQUE_BIN']}:{saved}"
     yield
     os.environ["PATH"] = saved
     left = subprocess.run(["squeue", "--noheader", f"--user={getpass.getuser()}", "--name=clustermgr"],

@@ -1,4 +1,4 @@
-"""SGEManager and QRSHManager: units, then the real Grid Engine of ../shared/clusters/sge."""
+"""SGEManager and QRSHManager: units, then the real Grid Engine of the test kit, tests/clusters/sge."""
 
 import getpass
 import os

@@ -1,4 +1,4 @@
-"""SlurmManager: units against recorded outputs, then the real Slurm of ../shared/clusters/slurm."""
+"""SlurmManager: units against recorded outputs, then the real Slurm of the test kit, tests/clusters/slurm."""
 
 import getpass
 import os

@@ -1,4 +1,4 @@
-"""SSHManager against the real sshd of ../shared/clusters/ssh (127.0.0.1:2222)."""
+"""SSHManager against the real sshd of the test kit, tests/clusters/ssh (127.0.0.1:2222)."""
 
 import os
 import signal
