@@ -138,9 +138,12 @@ class DockerManager(ClusterManager):
                                 log.exception("worker output sink failed on a container line")
         except Exception as exc:  # noqa: BLE001 - the stream broke; wait() tells the end
             log.debug("docker logs of %s: %s", h.name, exc)
-        h.done.set()
-        self._spec.on_exit(h, self._end_of(h), self.log_tail(h))  # type: ignore[union-attr]
+        cause, tail = self._end_of(h), self.log_tail(h)
+        # The container goes before its end is reported: whoever learns that the worker is
+        # gone (rmprocs, a test, a user) finds no container left behind.
         self._remove_by_name(h.name)  # its log is kept in log_dir
+        h.done.set()
+        self._spec.on_exit(h, cause, tail)  # type: ignore[union-attr]
 
     def _end_of(self, h: DockerHandle) -> str:
         """How the container ended, from docker's own record."""
