@@ -3,6 +3,9 @@
 ``clustermgr demo`` starts a local cluster and runs a real parallel job through ``pmap``;
 ``clustermgr worker`` is ``python -m clustermgr.worker``; the session commands (ps, status,
 attach, logs, events, scale, extend, rm, run, session resume) live in ``session/cli.py``.
+
+No Python traceback reaches a user: an error is one line naming the problem (exit 1, or 2
+for a usage error); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ def _count_primes(bounds: tuple[int, int]) -> tuple[int, int, str, int]:
 def demo(args: argparse.Namespace) -> int:
     import clustermgr as cm
 
+    for flag, value in (("-n", args.workers), ("--limit", args.limit), ("--chunk", args.chunk)):
+        if value is not None and value < 1:
+            print(f"clustermgr demo: {flag} must be at least 1, not {value}", file=sys.stderr)
+            return 2
+
     t0 = time.perf_counter()
     ids = cm.addprocs(args.workers)
     t_start = time.perf_counter() - t0
@@ -52,7 +60,11 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clustermgr import __version__
+
     parser = argparse.ArgumentParser(prog="clustermgr", description="Start and drive workers on any cluster.")
+    parser.add_argument("--version", action="version", version=f"clustermgr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="start a local cluster and run a parallel job through pmap")
     p.add_argument("-n", "--workers", type=int, default=None,
@@ -77,11 +89,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(argv[1:], prog="clustermgr worker")
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return args.func(args)
-    from .session.cli import dispatch
+    try:
+        if args.command == "demo":
+            return args.func(args)
+        from .session.cli import dispatch
 
-    return dispatch(args)
+        return dispatch(args)
+    except KeyboardInterrupt:
+        print(f"clustermgr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for a user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"clustermgr {args.command}: {type(exc).__name__}: {exc} (--debug shows where)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ def managers_by_name(name: str, resources: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown resources {sorted(unknown)}; use {', '.join(sorted(RESOURCES))}")
     module, cls = MANAGERS[name]
-    options = {RESOURCES[k]: (int(v) if RESOURCES[k] in ("cores", "gpus") else v)
-               for k, v in resources.items()}
+    options = {}
+    for k, v in resources.items():
+        if RESOURCES[k] in ("cores", "gpus"):
+            try:
+                v = int(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"resource {k}={v!r}: give a whole number, e.g. {k}=4") from None
+        options[RESOURCES[k]] = v
     if name == "local" and options:
         raise ValueError("resources (-r) need a scheduler manager, not local")
     return functools.partial(getattr(importlib.import_module(module), cls), **options)

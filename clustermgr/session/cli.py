@@ -3,8 +3,8 @@ extend, rm, run, session resume.
 
 Exit codes: 0 done; 1 the command failed (the message says why); 2 usage; 3 no such
 session; 4 the session's daemon is not running; 5 timed out (``run --max-wait``,
-``status --wait``).  ``run`` without ``--enqueue-only`` exits with the program's own status.
-Every command takes ``--json`` for scripts.
+``status --wait``); 130 ``run`` detached or stopped by Ctrl-C.  ``run`` without
+``--enqueue-only`` exits with the program's own status.  Every command takes ``--json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,21 @@ from typing import Any
 from .client import Session, attach_session, daemon_alive, list_sessions, resume_session, start_session
 from .control import SessionError, wait_for
 
-EXIT_FAILED, EXIT_NO_SESSION, EXIT_NOT_RUNNING, EXIT_TIMEOUT = 1, 3, 4, 5
+
+def _resource_keys() -> str:
+    from . import RESOURCES
+
+    return ", ".join(sorted(RESOURCES))
+
+
+RESOURCE_KEYS = _resource_keys()
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_SESSION, EXIT_NOT_RUNNING, EXIT_TIMEOUT = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130  # as a shell reports a program ended by SIGINT
+
+
+class UsageError(Exception):
+    """A command line that cannot be right: exit 2 with the message (and no traceback)."""
 
 
 def _when(t: float | None) -> str:
@@ -79,10 +93,10 @@ def attach(args: argparse.Namespace) -> int:
 def logs(args: argparse.Namespace) -> int:
     s = _session(args, connect=False)
     if args.follow:
-        for line in s.logs(tail=args.n, follow=True):
+        for line in s.logs(tail=args.n, follow=True, program=args.program):
             print(line, flush=True)
         return 0
-    text = s.logs(tail=args.n)
+    text = s.logs(tail=args.n, program=args.program)
     _out(args, text.splitlines(), text)
     return 0
 
@@ -103,6 +117,8 @@ def events(args: argparse.Namespace) -> int:
 
 
 def scale(args: argparse.Namespace) -> int:
+    if args.n < 0:
+        raise UsageError(f"scale: the number of workers must be 0 or more, not {args.n}")
     s = _session(args)
     s.scale(args.n)
     _out(args, {"id": s.id, "workers": args.n}, f"session {s.id}: scaling to {args.n} workers")
@@ -110,6 +126,8 @@ def scale(args: argparse.Namespace) -> int:
 
 
 def extend(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:
+        raise UsageError(f"extend: give a positive number of seconds, not {args.seconds:g}")
     s = _session(args)
     s.extend(args.seconds)
     _out(args, {"id": s.id, "extended_by": args.seconds},
@@ -123,10 +141,7 @@ def rm(args: argparse.Namespace) -> int:
     removed = []
     for ident in args.ids:
         s = Session(_find(ident))
-        if daemon_alive(s.dir):
-            attach_session(s.id).cleanup()
-        else:
-            s.cleanup()
+        s.cleanup()  # ends it first (connecting to its daemon if it runs); any folder ps lists
         removed.append(s.id)
     _out(args, removed, "\n".join(f"removed {i}" for i in removed))
     return 0
@@ -141,25 +156,87 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     if sum(x is not None for x in (args.code, args.exec, args.script)) != 1:
-        raise SystemExit("clustermgr run: give exactly one of -c CODE, --exec CMD or SCRIPT")
+        raise UsageError("run: give exactly one of -c CODE, --exec CMD or SCRIPT")
+    if args.n < 1:
+        raise UsageError(f"run: -n must be at least 1 (the program's workers), not {args.n}")
+    if args.script is not None and not os.path.isfile(args.script):
+        raise UsageError(f"run: no script {args.script!r}: give the path of a Python file")
+    resources = {}
+    for item in args.resource:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            raise UsageError(f"run: -r takes KEY=VALUE (e.g. -r mem=8g), not {item!r}; keys: {RESOURCE_KEYS}")
+        resources[key] = value
+    from . import managers_by_name
+
+    try:  # a wrong manager name or resource is a usage error, found before anything starts
+        managers_by_name(args.manager, resources)
+    except ValueError as exc:
+        raise UsageError(f"run: {exc}") from None
     if args.code is not None:
         program = {"kind": "code", "code": args.code, "argv": ["-c", args.code]}
     elif args.exec is not None:
         program = {"kind": "exec", "command": args.exec, "argv": ["--exec", args.exec]}
     else:
-        import os
-
         program = {"kind": "script", "script": os.path.abspath(args.script), "args": args.args,
                    "argv": [args.script, *args.args]}
     program.update(rm=args.rm, max_wait=args.max_wait)
-    resources = dict(r.split("=", 1) for r in args.resource)
     s = start_session(name=args.name, manager=args.manager, nworkers=args.n, nowait=True,
                       resources=resources, program=program)
     if args.enqueue_only:
         _out(args, {"id": s.id}, s.id)
         return 0
-    return _follow_program(s, args)
+    try:
+        return _follow_program(s, args)
+    except KeyboardInterrupt:
+        return _interrupted(s, args)
+
+
+def _interrupted(s: Session, args: argparse.Namespace) -> int:
+    """Ctrl-C on ``run``: detach (the program goes on), or with ``--rm`` stop it and end the
+    session; a second Ctrl-C ends the session at once."""
+    if not args.rm:
+        print(f"\nclustermgr run: detached; session {s.id} goes on.\n"
+              f"  follow its program:  clustermgr logs {s.id} --program -f\n"
+              f"  attach to it:        clustermgr attach {s.id}\n"
+              f"  stop and remove it:  clustermgr rm {s.id}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"\nclustermgr run: stopping the program and ending session {s.id} "
+          "(Ctrl-C again to end it at once)", file=sys.stderr)
+    try:
+        s.end(timeout=60)
+    except KeyboardInterrupt:
+        _end_now(s)
+    except SessionError:
+        _end_now(s)
+    print(f"clustermgr run: session {s.id} ended (`clustermgr rm {s.id}` removes its files)", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _end_now(s: Session) -> None:
+    """End a session without waiting for its daemon's orderly end: SIGTERM (the daemon then
+    removes its workers), SIGKILL after 10 s."""
+    import json as _json
+    import signal
+
+    import psutil
+
+    try:
+        pid = int(_json.loads((s.dir / "credential").read_text()).get("pid", 0))
+        proc = psutil.Process(pid) if pid else None
+    except (OSError, ValueError, psutil.Error):
+        proc = None
+    if proc is not None and daemon_alive(s.dir):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except psutil.TimeoutExpired:
+            proc.kill()
+    if s.state() != "ended":
+        s.end()  # the daemon is gone: marks the session ended
 
 
 def _follow_program(s: Session, args: argparse.Namespace) -> int:
@@ -213,8 +290,10 @@ def add_commands(sub: Any) -> None:
     group.add_argument("--all", action="store_true", help="every session, ended ones too")
     cmd("status", status, "a session's task counts and progress").add_argument("id")
     cmd("attach", attach, "an interactive Python prompt with the session bound").add_argument("id")
-    p = cmd("logs", logs, "a session's log (daemon and worker output)")
+    p = cmd("logs", logs, "a session's log: daemon and worker output, or with --program what the "
+            "program of `clustermgr run` printed")
     p.add_argument("id")
+    p.add_argument("--program", action="store_true", help="the output of the program of `clustermgr run`")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", type=int, default=50, help="lines from the end (default 50)")
     p = cmd("events", events, "a session's lifecycle events")
@@ -243,7 +322,8 @@ def add_commands(sub: Any) -> None:
                    help="local (default), slurm, sge, qrsh, pbs, htcondor, lsf, drmaa")
     p.add_argument("-n", type=int, default=2, help="workers (default 2)")
     p.add_argument("-r", dest="resource", action="append", default=[], metavar="KEY=VALUE",
-                   help="a resource per worker: cpu=4, mem=8g, gpu=1, walltime=1:00:00 (scheduler managers)")
+                   help=f"a resource per worker, for scheduler managers (not local); keys: {RESOURCE_KEYS} "
+                        "(e.g. -r cpu=4 -r mem=8g -r walltime=1:00:00)")
     p.add_argument("--name", help="the session's name")
     p.add_argument("--enqueue-only", action="store_true", help="print the session id and return at once")
     p.add_argument("--max-wait", type=float, default=None,
@@ -251,9 +331,14 @@ def add_commands(sub: Any) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run a session command, mapping errors to exit codes."""
+    """Run a session command, mapping errors to exit codes (``--debug``: raised as they are)."""
+    if getattr(args, "debug", False):
+        return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"clustermgr {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SessionError as exc:
         text = str(exc)
         print(f"clustermgr {args.command}: {text}", file=sys.stderr)

@@ -84,12 +84,30 @@ def _find(session: str) -> Path:
         return root / session
     matches = [d for d in root.iterdir()
                if d.is_dir() and (d.name.startswith(session) or _name(d) == session)]
+    if len(matches) > 1:  # a name shared by ended sessions and one live one means the live one
+        live = [d for d in matches if _live_status(d)]
+        if len(live) == 1:
+            return live[0]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise SessionError(f"no session {session!r}; `clustermgr ps --all` lists them")
     raise SessionError(f"{session!r} matches several sessions ({', '.join(d.name for d in matches)}); "
                        "give more of the id")
+
+
+def _live_status(sdir: Path) -> bool:
+    """Does this folder hold a session that is running or starting (its daemon alive)?"""
+    if not daemon_alive(sdir):
+        return False
+    try:
+        store = Store(str(sdir / "session.db"), readonly=True)
+    except Exception:  # noqa: BLE001 - a broken folder is no live session
+        return False
+    try:
+        return store.get("status") in ("running", "starting")
+    finally:
+        store.close()
 
 
 def _name(sdir: Path) -> str | None:
@@ -122,6 +140,13 @@ def _spawn_daemon(sdir: Path) -> None:
     starter.wait(60)  # it forks the daemon and exits at once
 
 
+def _read(path: str, what: str, binary: bool = False) -> Any:
+    try:
+        return Path(path).read_bytes() if binary else Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path!r} ({exc.strerror or exc})") from None
+
+
 def _pickle_manager(manager: Any, resources: dict[str, Any]) -> str | None:
     from . import managers_by_name
 
@@ -150,29 +175,47 @@ def start_session(name: str | None = None, manager: Any = None, nworkers: int = 
                   timeout: float = 300.0) -> Session:
     """Start a session daemon with *nworkers* workers; returns once they joined (at once
     with ``nowait=True``).  See the README's "Sessions" for every option."""
-    if nworkers < 0:
-        raise ValueError("nworkers must be >= 0")
+    # Everything is checked before anything is created: a start that fails leaves nothing.
+    if isinstance(nworkers, bool) or not isinstance(nworkers, int) or nworkers < 0:
+        raise ValueError(f"nworkers must be an int >= 0, not {nworkers!r}")
+    manager_blob = _pickle_manager(manager, dict(resources or {}))
+    file_data = {os.path.basename(f): _read(f, "files", binary=True).hex() for f in files}
+    code = [_read(f, "code_files") for f in code_files]
+    if program and program.get("kind") == "script" and not os.path.isfile(program["script"]):
+        raise ValueError(f"no script {program['script']!r}: give the path of a Python file")
+    if python is not None and not (shutil.which(python) or os.access(python, os.X_OK)):
+        raise ValueError(f"python={python!r} is not an executable on this host")
+    root = home()
+    if name is not None:
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise ValueError(f"name must be a non-empty string without '/', not {name!r}")
+        for other in root.iterdir():
+            if other.is_dir() and _name(other) == name and _live_status(other):
+                raise SessionError(f"a session named {name!r} is running ({other.name}): choose another "
+                                   f"name, or end it first (`clustermgr rm {other.name}`)")
     sid = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    sdir = home() / sid
+    sdir = root / sid
     sdir.mkdir(mode=0o700)
-    if log_dir:
-        os.symlink(os.path.abspath(log_dir), sdir / "logs")
-    (sdir / "name").write_text(name or sid)
-    write_private(sdir / "credential", {"secret": secrets.token_bytes(32).hex()})
-    store = Store(str(sdir / "session.db"))
     try:
-        store.set(id=sid, name=name or sid, created=time.time(), status="starting", nworkers=nworkers,
-                  release_after=release_after, session_timeout=session_timeout,
-                  absolute_timeout=absolute_timeout, env=dict(env or {}), max_attempts=max_attempts,
-                  manager=_pickle_manager(manager, dict(resources or {})), python=python,
-                  files={os.path.basename(f): Path(f).read_bytes().hex() for f in files},
-                  code=[Path(f).read_text() for f in code_files], program=program,
-                  sys_path=[p for p in sys.path if p],  # the client's modules, importable there
-                  dir=str(sdir / "work"))
-        store.event("created", name=name or sid, workers=nworkers)
-    finally:
-        store.close()
-    (sdir / "work").mkdir(mode=0o700)
+        if log_dir:
+            os.symlink(os.path.abspath(log_dir), sdir / "logs")
+        (sdir / "name").write_text(name or sid)
+        write_private(sdir / "credential", {"secret": secrets.token_bytes(32).hex()})
+        store = Store(str(sdir / "session.db"))
+        try:
+            store.set(id=sid, name=name or sid, created=time.time(), status="starting", nworkers=nworkers,
+                      release_after=release_after, session_timeout=session_timeout,
+                      absolute_timeout=absolute_timeout, env=dict(env or {}), max_attempts=max_attempts,
+                      manager=manager_blob, python=python, files=file_data, code=code, program=program,
+                      sys_path=[p for p in sys.path if p],  # the client's modules, importable there
+                      dir=str(sdir / "work"))
+            store.event("created", name=name or sid, workers=nworkers)
+        finally:
+            store.close()
+        (sdir / "work").mkdir(mode=0o700)
+    except BaseException:
+        shutil.rmtree(sdir, ignore_errors=True)
+        raise
     _spawn_daemon(sdir)
     session = Session(sdir, print_logs=print_logs)
     session._connect(timeout=60)
@@ -206,6 +249,9 @@ def resume_session(session: str, timeout: float = 60.0) -> Session:
     s = Session(sdir)
     if s.state() == "ended":
         raise SessionError(f"session {sdir.name} has ended; start a new one")
+    if s.state() == "broken":
+        raise SessionError(f"session {sdir.name} never started (its folder is incomplete): "
+                           f"remove it with `clustermgr rm {sdir.name}`")
     old = read_credential(sdir)
     write_private(sdir / "credential", {"secret": old["secret"]})  # no stale address or pid
     _spawn_daemon(sdir)
@@ -217,12 +263,15 @@ def list_sessions() -> list[dict[str, Any]]:
     """Every session of this user: id, name, created, last activity, state and counts."""
     out = []
     for sdir in sorted(home().iterdir()):
-        if not (sdir / "session.db").exists():
+        if not sdir.is_dir():
             continue
+        session = Session(sdir)
         try:
-            out.append(Session(sdir).summary())
-        except Exception as exc:  # noqa: BLE001 - a broken folder is listed as such
-            out.append({"id": sdir.name, "name": _name(sdir), "state": f"unreadable ({exc})"})
+            if session.state() == "broken":
+                raise ValueError("incomplete folder")
+            out.append(session.summary())
+        except Exception:  # noqa: BLE001 - a broken folder is listed as such, and rm removes it
+            out.append({"id": sdir.name, "name": _name(sdir) or "-", "state": "broken"})
     return out
 
 
@@ -272,8 +321,14 @@ class Session:
     # --- state -------------------------------------------------------------------------
 
     def state(self) -> str:
-        """"running", "ended", "starting", or "dead" (daemon gone without ending)."""
-        status = self._read_store(lambda st: st.get("status"))
+        """"running", "ended", "starting", "dead" (daemon gone without ending), or "broken"
+        (a folder whose database is missing or was never filled in: ``cleanup()`` removes it)."""
+        try:
+            status = self._read_store(lambda st: st.get("status"))
+        except Exception:  # noqa: BLE001 - unreadable or missing database
+            return "broken"
+        if status is None:
+            return "broken"
         if status in ("running", "starting") and not daemon_alive(self.dir):
             return "dead" if status == "running" else "starting"
         return str(status)
@@ -285,10 +340,16 @@ class Session:
                 "workers": meta.get("nworkers"), **counts}
 
     def status(self) -> Status:
+        """Task counts, and the workers the daemon has now (0 once it ended or died)."""
         s = self.summary()
-        workers = s["workers"]
-        if self._client is not None and s["state"] == "running":
-            workers = len(self._request("ping")["workers"])
+        workers = 0
+        if s["state"] == "running":
+            try:
+                if self._client is None:
+                    self._connect(timeout=10)
+                workers = len(self._request("ping")["workers"])
+            except SessionError:
+                workers = 0  # the daemon went meanwhile
         return Status(self.id, s["name"], s["state"], workers, s["total"], s["pending"], s["running"],
                       s["completed"], s["failed"])
 
@@ -356,13 +417,16 @@ class Session:
 
     def end(self, timeout: float = 120.0) -> None:
         """Stop the workers (cancelling scheduler jobs) and the daemon; results stay."""
-        if self.state() in ("ended",):
+        state = self.state()
+        if state in ("ended", "broken"):
             return
-        if self.state() == "dead":
+        if not daemon_alive(self.dir):  # dead, or a start that never got its daemon going
             store = Store(str(self.dir / "session.db"))
-            store.set(status="ended", ended=time.time(), end_reason="ended while its daemon was dead")
+            store.set(status="ended", ended=time.time(), end_reason="ended while its daemon was not running")
             store.close()
             return
+        if self._client is None:
+            self._connect(timeout=30)
         self._request("end")
         wait_for(lambda: not daemon_alive(self.dir), timeout, "the session daemon to stop", interval=0.1)
         if self._client is not None:
@@ -381,21 +445,23 @@ class Session:
         released, extended, ended, ..."""
         return self._read_store(lambda st: st.events(after))
 
-    def logs(self, tail: int = 50, follow: bool = False) -> Any:
-        """The last *tail* lines of the session's log (daemon and worker output) as text;
+    def logs(self, tail: int = 50, follow: bool = False, program: bool = False) -> Any:
+        """The last *tail* lines of the session's log (daemon and worker output; with
+        ``program=True`` the output of ``clustermgr run``'s program, ``program.log``) as text;
         with ``follow=True`` an iterator that keeps yielding new lines until it ends."""
-        path = self.dir / "daemon.log"
+        path = self.dir / ("program.log" if program else "daemon.log")
         text = path.read_text(errors="replace") if path.exists() else ""
         lines = text.splitlines()[-tail:] if tail else []
         if not follow:
             return "\n".join(lines)
-        return self._follow(lines)
+        return self._follow(path, lines)
 
-    def _follow(self, first: list[str]) -> Iterator[str]:
+    def _follow(self, path: Path, first: list[str]) -> Iterator[str]:
         yield from first
-        path = self.dir / "daemon.log"
         pos = path.stat().st_size if path.exists() else 0
         while True:
+            if not self.dir.exists():
+                raise SessionError(f"session {self.id} was removed while its log was followed")
             if path.exists() and path.stat().st_size > pos:
                 with open(path, errors="replace") as fh:
                     fh.seek(pos)

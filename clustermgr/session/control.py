@@ -45,9 +45,18 @@ def home() -> Path:
     root = os.environ.get("CLUSTERMGR_HOME") or os.path.join(
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "clustermgr")
     path = Path(root) / "sessions"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in (path.parent, path):
-        os.chmod(p, 0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for p in (path.parent, path):
+            os.chmod(p, 0o700)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
+    except (FileExistsError, NotADirectoryError):
+        raise SessionError(f"CLUSTERMGR_HOME {root!r} is not a folder: point CLUSTERMGR_HOME at a "
+                           "folder of your own (sessions live in its sessions/ subfolder)") from None
+    except PermissionError as exc:
+        raise SessionError(f"cannot use {root!r} for sessions ({exc.strerror or exc}): point "
+                           "CLUSTERMGR_HOME at a folder you can write") from None
     return path
 
 

@@ -19,6 +19,7 @@ import os
 import queue
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -160,6 +161,7 @@ class Daemon:
     def _shutdown(self) -> None:
         import clustermgr as cm
 
+        _stop_program_command()
         with contextlib.suppress(Exception):
             cm.shutdown()
         self.store.requeue_interrupted()  # unfinished tasks stay pending, for a resume
@@ -431,6 +433,21 @@ class Daemon:
 
 # --- the program of `clustermgr run` ----------------------------------------------------
 
+_commands: list[subprocess.Popen] = []  # the program's shell command (run --exec), while it runs
+
+
+def _stop_program_command() -> None:
+    """The session ends: its ``--exec`` command (its whole process group) ends with it."""
+    for proc in _commands:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
 def run_program(sdir: Path, program: dict[str, Any]) -> int:
     """Run `clustermgr run`'s code, script or command in this process (the session's
     master: ``cm.workers()`` are the session's workers), its output to ``program.log``;
@@ -445,8 +462,10 @@ def run_program(sdir: Path, program: dict[str, Any]) -> int:
                 sys.argv = [program["script"], *program.get("args", [])]
                 runpy.run_path(program["script"], run_name="__main__")
             else:
-                code = subprocess.call(program["command"], shell=True, cwd=str(sdir / "work"),  # noqa: S602
-                                       stdout=out, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(program["command"], shell=True, cwd=str(sdir / "work"),  # noqa: S602
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                _commands.append(proc)
+                code = proc.wait()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:  # noqa: BLE001 - the program's error goes to its log
@@ -470,6 +489,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     daemon = Daemon(sdir)
+    # SIGTERM (a second Ctrl-C on `clustermgr run --rm`, a system shutdown) ends the session
+    # in order: the program stops, the workers are removed, unfinished tasks stay pending.
+    signal.signal(signal.SIGTERM, lambda *_: daemon.post("end", "terminated (SIGTERM)"))
     program = daemon.store.get("program")
     if program and daemon.store.get("program_status") is None:
         threading.Thread(target=_program_thread, args=(daemon, program), daemon=True,

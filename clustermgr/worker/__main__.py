@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
         return 2
     if "://" not in address:
         address = f"tcp://{address}"
+    problem = _address_problem(address)
+    if problem:
+        print(f"clustermgr worker: {problem}; pass --connect HOST:PORT (e.g. 10.0.0.5:40123, as the "
+              "master printed it)", file=sys.stderr)
+        return 2
     try:
         secret = read_cookie_file(args.cookie_file) if args.cookie_file else read_secret_from_env()
     except (OSError, Exception) as exc:  # noqa: BLE001 - reported, exit 2
@@ -76,6 +81,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m clustermgr.worker
         print(f"clustermgr worker: the master at {address} restarted; joining it again",
               file=sys.stderr)
         launch_id = ""  # the new master did not launch this worker
+
+
+def _address_problem(address: str) -> str | None:
+    """What is wrong with a master address (``tcp://HOST:PORT``), or None."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return f"the master address {address!r} is not tcp://HOST:PORT"
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return f"the master address {address!r} has no port"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"the master address {address!r} has no valid port ({port!r})"
+    return None
 
 
 def _leave(code: int) -> NoReturn:
