@@ -202,6 +202,7 @@ class Future:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the value is in; True if it is, False on timeout.  Never raises the
         remote error (``fetch`` does)."""
+        check_timeout(timeout)
         if self.owner != self._node.myid and not self._event.is_set():
             return self._node.block_until(self._remote(), timeout)
         return self._event.is_set() or self._node.block_until(self, timeout)
@@ -360,6 +361,17 @@ def spawnat(wid: int | str, f: Callable, *args: Any, **kwargs: Any) -> Future:
     return remotecall(f, wid, *args, **kwargs)
 
 
+def check_timeout(timeout: float | None) -> None:
+    """Refuse a timeout ``threading`` would refuse: a negative number, or not a number."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds (or None to wait "
+                         f"without limit), not {timeout!r}")
+
+
 def fetch(x: Any, timeout: float | None = None) -> Any:
     """The value behind a Future or RemoteChannel (first item, not removed); else *x*."""
     if isinstance(x, (Future, RemoteChannel)):
@@ -463,6 +475,7 @@ class RemoteChannel:
                 return
 
     def _op(self, op: str, arg: Any, timeout: float | None) -> Any:
+        check_timeout(timeout)
         node = get_node()
         if self.owner == node.myid:
             return node.channels.run_local(self.cid, op, arg, timeout)

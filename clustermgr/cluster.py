@@ -63,7 +63,8 @@ def node() -> Node:
             master.start()
             set_current_node(master)
             if not _atexit_registered:
-                atexit.register(shutdown)
+                atexit.register(_shutdown_backstop)  # atexit runs the last registered first
+                atexit.register(_shutdown_at_exit)
                 _atexit_registered = True
         return current_node()  # type: ignore[return-value]
 
@@ -442,10 +443,68 @@ def _exec_in_main(source: str) -> None:
     exec(compile(source, "<everywhere>", "exec"), __main__.__dict__)
 
 
+def _shutdown_at_exit() -> None:
+    """The interpreter exits: :func:`shutdown`.  A Ctrl-C meanwhile (a user's second, while
+    workers take their time to leave) skips the waiting, never the removal."""
+    try:
+        shutdown()
+    except KeyboardInterrupt:
+        import signal
+
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            print("clustermgr: interrupted at exit; ending the workers without waiting", file=sys.stderr)
+            _shutdown_now()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def _shutdown_backstop() -> None:
+    """Runs after :func:`_shutdown_at_exit`: when a Ctrl-C stopped that one before it began,
+    the workers still go."""
+    import signal
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        if isinstance(current_node(), MasterNode):
+            print("clustermgr: interrupted at exit; ending the workers without waiting", file=sys.stderr)
+            _shutdown_now()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _shutdown_now() -> None:
+    """What shutdown does, without waiting for workers to leave: every manager kills what it
+    started (processes, jobs) at once."""
+    n = current_node()
+    if not isinstance(n, MasterNode):
+        return
+    with _lock:
+        managers, _managers[:] = list(_managers), []
+    for manager in managers:
+        try:
+            manager.close()
+        except Exception:  # noqa: BLE001 - the next manager's workers must go too
+            log.exception("closing %r at exit", manager)
+    n.shutdown_io()
+    set_current_node(None)
+
+
 def shutdown() -> None:
     """Remove every worker, close every manager, stop the master's node.  Runs at exit;
     a later ``addprocs`` starts a new master."""
     n = current_node()
+    if n is not None and not isinstance(n, MasterNode):
+        import warnings
+
+        warnings.warn(f"clustermgr.shutdown() on worker {n.myid} does nothing: only the master "
+                      "(process 1) removes workers; a worker leaves when the master removes it "
+                      "(rmprocs) or ends", RuntimeWarning, stacklevel=2)
+        return
     if not isinstance(n, MasterNode):
         return
     ids = n.live_ids()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .calls import ErrorPayload, Future, get_node, local_error, remotecall
+from .calls import ErrorPayload, Future, check_timeout, get_node, local_error, remotecall
 from .errors import CallRevoked, ClusterError, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .transport import Signal
@@ -29,6 +29,9 @@ from .window import POLL, Window
 PREFETCH = 2
 AUTO_BATCHES_PER_WORKER = 4
 AUTO_MAX_BATCH = 8192
+#: a pmap item whose worker died this many times while running it alone is not retried
+#: again, whatever ``retry_delays`` allows (it would take every fresh worker with it)
+MAX_ITEM_DEATHS = 3
 
 
 class _Failed:
@@ -63,7 +66,9 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     retry_delays: the delays (seconds) before each retry of a failed item; its length is
         the number of retries.  A failure is an exception in ``f`` or the death of the
         worker running it.  ``retry_check(exc)`` may veto a retry.  A retry goes to
-        another worker than the ones the item failed on, while there is one.
+        another worker than the ones the item failed on, while there is one.  An item whose
+        worker died ``MAX_ITEM_DEATHS`` (3) times while it ran alone is not retried again
+        (a "poison" item would take every fresh worker with it); its error names it.
     on_error: called with the final exception of an item; its return value takes the
         item's place.  Without it, the first final failure is raised.  Either way the
         exception is a ``RemoteError`` (what ``f`` raised is its ``__cause__``) or a
@@ -73,6 +78,8 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     progress: True shows a tqdm bar (done, failed, retried, ETA) when stderr is a terminal;
         "always" shows it anywhere.
     """
+    _check_args("pmap", f, iterables, on_error=on_error, retry_check=retry_check)
+    check_timeout(timeout)
     items = list(zip(*iterables, strict=False))  # the shortest iterable ends the map
     delays = list(retry_delays)
     if not items:
@@ -82,6 +89,17 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     p = pool if pool is not None else default_worker_pool()  # an empty pool is not None
     size = _batch_size(batch_size, len(items), max(1, len(p.workers())))
     return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout).run()
+
+
+def _check_args(name: str, f: Any, iterables: tuple, **callbacks: Any) -> None:
+    """What ``map`` refuses, refused the same way, before any work starts."""
+    if not callable(f):
+        raise TypeError(f"{name}: the function {f!r} is not callable")
+    if not iterables:
+        raise TypeError(f"{name}() needs at least one iterable after the function, as map() does")
+    for key, value in callbacks.items():
+        if value is not None and not callable(value):
+            raise TypeError(f"{name}: {key} must be a callable or None, not {value!r}")
 
 
 def _batch_size(batch_size: int | str, n: int, nworkers: int) -> int:
@@ -120,6 +138,11 @@ def _local_map(f: Callable, items: list[tuple], delays: list[float],
     return out
 
 
+def _short(args: tuple, limit: int = 60) -> str:
+    text = repr(args[0] if len(args) == 1 else args)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class _PMap:
     """One pmap call's scheduler; runs in the calling thread."""
 
@@ -132,6 +155,8 @@ class _PMap:
         self.timeout = timeout
         self.results: list[Any] = [None] * len(items)
         self.attempts = [1] * len(items)
+        self.deaths: dict[int, int] = {}  # item -> workers that died running it alone
+        self.dead: set[int] = set()  # workers whose death was charged (or not) already
         self.todo: list[Sequence[int]] = [range(i, min(i + size, len(items)))
                                           for i in range(0, len(items), size)]
         self.todo.reverse()  # pop() from the end keeps input order
@@ -293,12 +318,26 @@ class _PMap:
                 self._store(i, value)
 
     def _failed_batch(self, batch: Sequence[int], exc: BaseException, wid: int) -> None:
+        # A dead worker fails all its calls in flight, oldest first: the oldest is the one
+        # it was running, the rest waited behind it.  Only a death of a worker running one
+        # item alone is charged to that item.
+        running = isinstance(exc, ProcessExitedError) and wid not in self.dead
+        if isinstance(exc, ProcessExitedError):
+            self.dead.add(wid)
         for i in batch:
-            self._failed_item(i, exc, wid)
+            self._failed_item(i, exc, wid, alone=running and len(batch) == 1)
 
-    def _failed_item(self, i: int, exc: BaseException, wid: int) -> None:
+    def _failed_item(self, i: int, exc: BaseException, wid: int, alone: bool = False) -> None:
         attempt = self.attempts[i]
         self.failed_on.setdefault(i, set()).add(wid)
+        if alone and isinstance(exc, ProcessExitedError):
+            self.deaths[i] = self.deaths.get(i, 0) + 1
+            if self.deaths[i] >= MAX_ITEM_DEATHS:  # a poison item: no fresh worker for it
+                exc = ProcessExitedError(exc.worker_id, f"{exc.cause}; item {i} (arguments "
+                                         f"{_short(self.items[i])}) killed {self.deaths[i]} workers, "
+                                         "one after another, so pmap no longer retries it",
+                                         exc.log_tail)
+                attempt = len(self.delays) + 1
         if _may_retry(exc, attempt, self.delays, self.check):
             self.attempts[i] += 1
             self.retried += 1
@@ -338,6 +377,8 @@ def imap(f: Callable, *iterables: Iterable, ordered: bool = True, pool: WorkerPo
     """
     if not iterables:
         raise TypeError("imap() needs at least one iterable")
+    _check_args("imap", f, iterables)
+    check_timeout(timeout)
     if in_flight is not None and (isinstance(in_flight, bool) or not isinstance(in_flight, int)
                                   or in_flight < 1):
         raise ValueError(f"in_flight must be a positive int, not {in_flight!r}")

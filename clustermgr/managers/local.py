@@ -112,7 +112,11 @@ def tail(path: str, lines: int = 20) -> str:
             data = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(data.splitlines()[-lines:])
+    rows = data.splitlines()
+    crash = max((k for k, row in enumerate(rows) if row.startswith("Fatal Python error")), default=None)
+    if crash is not None:  # faulthandler's report of a crash: its start names the thread that crashed
+        return "\n".join(rows[crash:crash + max(lines, 60)])
+    return "\n".join(rows[-lines:])
 
 
 class LocalManager(ClusterManager):

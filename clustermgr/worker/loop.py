@@ -468,7 +468,10 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
     except (AuthError, P.ProtocolError) as exc:
         print(f"clustermgr worker: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: stacks to the log
+    # A crash in C (a segfault, an abort) leaves the Python stacks in the log, whose tail the
+    # master's ProcessExitedError carries; kill -USR1 prints them on demand.
+    faulthandler.enable(all_threads=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.path[:0] = [p for p in welcome.get("sys_path", []) if p not in sys.path]
     set_current_node(node)
     signal.signal(signal.SIGINT, node.on_sigint)
