@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import psutil
@@ -16,6 +18,9 @@ import clustermgr as cm
 from clustermgr import shm
 from clustermgr.master import MasterNode
 from clustermgr.transport import current_node
+
+#: Batch managers' default log folders go here during the tests, not under the home folder.
+JOB_LOGS = os.environ.setdefault("CLUSTERMGR_LOG_DIR", tempfile.mkdtemp(prefix="clustermgr-test-jobs-"))
 
 #: Long-lived helpers a test module started on purpose (a multiprocessing Manager):
 #: not leaks while they run.
@@ -138,6 +143,8 @@ def _shutdown_at_end():
     shm.sweep()  # what a crashed earlier run left
     yield
     cm.shutdown()
+    if JOB_LOGS.startswith(tempfile.gettempdir()):
+        shutil.rmtree(JOB_LOGS, ignore_errors=True)
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ def test_job_script_and_submit_command(tmp_path):
     argv = m.submit_argv("job.sh", 3, "tag")
     assert argv[:6] == ["qsub", "-terse", "-V", "-t", "1-3", "-j"]
     assert argv[-5:] == ["-wd", "/scratch", "-P", "proj", "job.sh"]
+    assert "cd /scratch" in lines and "cd /w" not in lines  # one working folder: the wd= given
+    assert "cd /w" in SGEManager(1).job_script(python="/py", dir="/w").splitlines()
     assert "COOKIE" not in "\n".join(lines)
 
 

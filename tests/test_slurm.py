@@ -27,6 +27,9 @@ RECORDED = (Path(__file__).parent / "data" / "slurm_outputs.txt").read_text()
     ("exclusive", "", ["--exclusive"]),              # "" : bare flag
     ("x", "", ["-x"]),
     ("mem_per_cpu", 100, ["--mem-per-cpu=100"]),     # _ becomes -
+    ("exclusive", True, ["--exclusive"]),            # True: bare flag, not --exclusive=True
+    ("exclusive", False, []),                        # False / None: no flag
+    ("requeue", None, []),
 ])
 def test_keyword_translation(name, value, expected):
     assert flag(name, value) == expected
@@ -48,6 +51,20 @@ def test_job_script_renders_options_and_no_secret(tmp_path):
         assert line in script.splitlines()
     assert "COOKIE" not in script
     assert m.submit_argv("job.sh", 4, "tag") == ["sbatch", "--parsable", "--array=0-3", "job.sh"]
+
+
+def test_a_manager_only_constructed_makes_nothing_and_says_where_logs_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERMGR_LOG_DIR", str(tmp_path / "logs"))
+    m = SlurmManager(2, exclusive=True, requeue=False)
+    script = m.job_script(python="/py", dir="/w")
+    assert m.log_dir.startswith(str(tmp_path / "logs") + "/slurm-")
+    assert f"# worker logs: {m.log_dir}" in script and "compute nodes" in script
+    assert "#SBATCH --exclusive" in script.splitlines()
+    assert "requeue" not in script and "True" not in script
+    assert not (tmp_path / "logs").exists()  # a dry run leaves nothing behind
+    monkeypatch.delenv("CLUSTERMGR_LOG_DIR")
+    home = SlurmManager(1).log_dir
+    assert home.startswith(os.path.expanduser("~/.cache/clustermgr/jobs/slurm-")) and not os.path.exists(home)
 
 
 def test_job_ids_from_recorded_outputs():
@@ -159,6 +176,16 @@ def test_min_workers_returns_what_made_it(fresh, slurm):
 def test_bad_option_shows_slurm_error(fresh, slurm):
     with pytest.raises(LaunchError, match="invalid partition|Invalid partition"):
         cm.addprocs(SlurmManager(1, partition="nosuchpartition", retry_delays=()))
+
+
+def test_a_misspelt_flag_is_reported_as_sbatch_says_before_any_worker_is_expected(fresh, slurm, tmp_path,
+                                                                                   caplog):
+    with pytest.raises(ValueError, match="unrecognized option '--partitoin=debug'"):
+        SlurmManager(1, partitoin="debug").validate()  # asks sbatch --test-only, submits nothing
+    SlurmManager(2, partition="debug", exclusive=True).validate()
+    with pytest.raises(LaunchError, match="unrecognized option '--partitoin=debug'"):
+        cm.addprocs(SlurmManager(1, partitoin="debug", log_dir=str(tmp_path)))  # default retries
+    assert "retrying" not in caplog.text  # a usage error is not submitted again
 
 
 INSIDE = textwrap.dedent("""

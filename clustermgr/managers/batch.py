@@ -75,11 +75,25 @@ def run_command(argv: Sequence[str], *, timeout: float = 60.0, env: dict[str, st
 def flag(name: str, value: Any) -> list[str]:
     """Mechanical keyword -> flag translation (ClusterManagers.jl's rule): one letter
     ``k=v`` -> ``-k v``; longer ``mem_per_cpu=100`` -> ``--mem-per-cpu=100``; value ``""``
-    -> the bare flag."""
+    or ``True`` -> the bare flag (``exclusive=True`` -> ``--exclusive``); ``False`` or
+    ``None`` -> no flag at all."""
+    if value is None or value is False:
+        return []
+    bare = value == "" or value is True
     name = name.replace("_", "-")
     if len(name) == 1:
-        return [f"-{name}"] if value == "" else [f"-{name}", str(value)]
-    return [f"--{name}"] if value == "" else [f"--{name}={value}"]
+        return [f"-{name}"] if bare else [f"-{name}", str(value)]
+    return [f"--{name}"] if bare else [f"--{name}={value}"]
+
+
+def default_log_dir(scheduler: str) -> str:
+    """A fresh (not yet made) folder for one manager's job scripts and worker logs, under
+    ``$CLUSTERMGR_LOG_DIR`` or ``~/.cache/clustermgr/jobs``: a path on the home folder,
+    which a cluster's compute nodes usually see, unlike the submit host's /tmp."""
+    root = os.environ.get("CLUSTERMGR_LOG_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                 "clustermgr", "jobs")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(root, f"{scheduler.lower()}-{stamp}-{secrets.token_hex(3)}")
 
 
 @dataclass
@@ -98,7 +112,10 @@ class BatchManager(ClusterManager):
 
     cores, memory, walltime, queue, account, gpus, job_name: resources (``None``: the
         scheduler's default).
-    log_dir: where job scripts and worker logs go (default: a new temporary folder).
+    log_dir: where job scripts and worker logs go.  Default: a new folder under
+        ``$CLUSTERMGR_LOG_DIR``, else ``~/.cache/clustermgr/jobs`` - under the home folder,
+        which compute nodes usually share, unlike the submit host's /tmp.  It is made at the
+        first launch, never when a manager is only constructed (a dry run leaves nothing).
     env: extra environment of the workers.
     queue_timeout: seconds a job may wait in the queue before it is cancelled (default:
         no limit; the pending reason is logged while it waits).
@@ -135,7 +152,7 @@ class BatchManager(ClusterManager):
         self.np = np
         self.cores, self.memory, self.walltime = cores, memory, walltime
         self.queue, self.account, self.gpus, self.job_name = queue, account, gpus, job_name
-        self.log_dir = log_dir or tempfile.mkdtemp(prefix=f"clustermgr-{self.scheduler.lower()}-")
+        self.log_dir = log_dir or default_log_dir(self.scheduler)
         self.env = dict(env or {})
         self.queue_timeout, self.poll_interval = queue_timeout, poll_interval
         self.retry_delays = list(retry_delays)
@@ -224,10 +241,19 @@ class BatchManager(ClusterManager):
         # a job of its own brings its launch id in the submit environment; an array task
         # derives it from its index
         lines.append(f'export CLUSTERMGR_LAUNCH_ID="${{CLUSTERMGR_LAUNCH_ID:-{launch_prefix}-{index}}}"')
-        lines.append(f"cd {shlex.quote(dir or os.getcwd())}")
+        lines.append(f"# worker logs: {self.log_dir} (log_dir=; the default lies under your home, "
+                     "which compute nodes usually see)")
+        workdir = self.working_dir(dir)
+        if workdir:
+            lines.append(f"cd {shlex.quote(workdir)}")
         argv = [python or sys.executable, *exeflags, "-m", "clustermgr.worker"]
         lines.append("exec " + " ".join(shlex.quote(a) for a in argv))
         return "\n".join(lines) + "\n"
+
+    def working_dir(self, dir: str | None) -> str | None:
+        """The folder the job script changes to: addprocs' ``dir``, else the submit folder.
+        A manager whose scheduler sets it itself (SGE's ``wd=``) returns None."""
+        return dir or os.getcwd()
 
     # --- launch ------------------------------------------------------------------------
 
@@ -294,8 +320,17 @@ class BatchManager(ClusterManager):
         log.info("%s: submitted jobs %s", self.scheduler, ", ".join(ids))
         return ids
 
+    def ensure_log_dir(self) -> None:
+        """Make ``log_dir`` (mode 0700 where it is new): called at launch, not before."""
+        try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{type(self).__name__}: cannot make log_dir {self.log_dir!r} "
+                             f"({exc.strerror or exc}); pass log_dir= a folder the jobs can write") from None
+
     def _write_script(self, spec: LaunchSpec, prefix: str) -> str:
         text = self.job_script(spec.python, spec.dir, spec.exeflags, spec.enable_threaded_blas, prefix)
+        self.ensure_log_dir()
         fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=self.log_dir)
         with os.fdopen(fd, "w") as fh:  # mkstemp: mode 0600
             fh.write(text)

@@ -42,6 +42,10 @@ class SGEManager(BatchManager):
     def index_expression(self) -> str:
         return "$(( ${SGE_TASK_ID:-1} - 1 ))"  # SGE counts tasks from 1
 
+    def working_dir(self, dir: str | None) -> str | None:
+        """``wd=`` (also given to qsub as ``-wd``) when set: one working folder, not two."""
+        return self.wd or super().working_dir(dir)
+
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         log = f"{self.log_dir}/worker-$JOB_ID.$TASK_ID.log"  # SGE expands these itself
         wd = ["-wd", self.wd] if self.wd else []

@@ -26,6 +26,10 @@ class SlurmManager(BatchManager):
     directive = "#SBATCH"
     job_id_regexp = r"^(?P<job_id>\d+)"
     array_index_var = "SLURM_ARRAY_TASK_ID"
+    #: sbatch's usage errors and refusals no retry can fix (a busy controller is retried)
+    fatal_submit_errors = (r"unrecognized option|invalid option|option '--[\w-]+' requires|"
+                           r"Invalid (partition|account|qos|generic resource|feature|job array)|"
+                           r"Requested node configuration is not available|invalid partition")
     states: ClassVar[dict[str, JobState]] = {
         **{s: JobState.PENDING for s in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD",
                                          "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "RESIZING")},
@@ -51,7 +55,24 @@ class SlurmManager(BatchManager):
     def resource_directives(self) -> list[str]:
         d = self.templated_directives()
         d.insert(1, f"--output={self.log_dir}/worker-%A_%a.log")  # after the job name
-        return d + [" ".join(flag(key, value)) for key, value in self.flags.items()]
+        return d + [" ".join(f) for f in (flag(key, value) for key, value in self.flags.items()) if f]
+
+    def validate(self, python: str | None = None, dir: str | None = None) -> None:
+        """Ask Slurm whether it would take this manager's job (``sbatch --test-only``),
+        without submitting anything or making ``log_dir``; ``ValueError`` with sbatch's own
+        words (a misspelt flag, an unknown partition or account) when it would not."""
+        import subprocess
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", prefix="clustermgr-test-", suffix=".sh") as fh:
+            fh.write(self.job_script(python, dir or os.getcwd()))
+            fh.flush()
+            array = [f"--array=0-{self.np - 1}"] if self.use_array else []
+            done = subprocess.run(["sbatch", "--test-only", *array, fh.name], capture_output=True,
+                                  text=True, timeout=60)
+        said = (done.stderr + done.stdout).strip()
+        if done.returncode != 0 or "error" in said.lower() and "to start at" not in said:
+            raise ValueError(f"Slurm would not take this job: {said}")
 
     def submit_argv(self, script: str, n: int, tag: str) -> list[str]:
         array = [f"--array=0-{n - 1}"] if self.use_array else []
