@@ -3,7 +3,9 @@ each gets one line that says what to do, the right exit code, and leaves nothing
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,18 +155,22 @@ def test_environment_problems_are_one_line(home, tmp_path):
 
 def test_logs_follow_of_a_removed_session_ends_with_one_line(home):
     s = start_session(nworkers=1)
+    daemon = psutil.Process(int(json.loads((s.dir / "credential").read_text())["pid"]))
     follow = subprocess.Popen([CLI, "logs", s.id, "-f"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "CLUSTERMGR_HOME": str(home)})
     try:
         assert follow.stdout.readline()  # it follows
-        s.cleanup()
+        shutil.rmtree(s.dir)  # removed under it while the daemon still runs
         out, err = follow.communicate(timeout=60)
     finally:
         if follow.poll() is None:
             follow.kill()
             follow.wait()
-    assert follow.returncode != 0 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].endswith("was removed while its log was followed")
+        daemon.terminate()  # SIGTERM: the daemon ends its workers and leaves
+        daemon.wait(60)
+    assert follow.returncode == 1 and "Traceback" not in err
+    said = f"clustermgr logs: session {s.id} was removed while its log was followed"
+    assert err.strip().splitlines() == [said]
 
 
 def _run_and_interrupt(home: Path, *flags: str, twice: bool = False) -> tuple[subprocess.Popen, str]:
