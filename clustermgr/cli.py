@@ -59,6 +59,42 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def config(args: argparse.Namespace) -> int:
+    """The configuration files read, and each scheduler's effective settings with their origin."""
+    import json
+
+    from . import config as conf
+
+    files = [{"path": str(p), "exists": p.exists()} for p in conf.config_files()]
+    wanted = [args.manager] if args.manager else list(conf.SCHEDULERS)
+    out = []
+    for name in wanted:
+        base, profile = conf.split_manager_name(name)
+        if base not in conf.SCHEDULERS:
+            print(f"clustermgr config: no settings for {base!r}; sections: {', '.join(conf.SCHEDULERS)}",
+                  file=sys.stderr)
+            return 2
+        found = conf.settings_for(base, profile)
+        out.append({"manager": name, "values": found.values, "origins": found.origins,
+                    "profiles": conf.profiles().get(base, [])})
+    if args.json:
+        print(json.dumps({"files": files, "settings": out}, indent=2, default=str))
+        return 0
+    print("configuration files (later ones override earlier ones):")
+    for f in files:
+        print(f"  {f['path']}{'' if f['exists'] else '  (not there)'}")
+    for entry in out:
+        if not entry["values"] and not entry["profiles"] and not args.manager:
+            continue
+        profiles = f"  (profiles: {', '.join(entry['profiles'])})" if entry["profiles"] else ""
+        print(f"[{entry['manager']}]{profiles}")
+        if not entry["values"]:
+            print("  (nothing set: the scheduler's defaults)")
+        for key, value in entry["values"].items():
+            print(f"  {key} = {value!r}    # {entry['origins'][key]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clustermgr import __version__
 
@@ -73,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=10_000, help="numbers per task")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=demo)
+    c = sub.add_parser("config", help="the configuration files and each scheduler's effective settings",
+                       description="Print the configuration files read and, per scheduler (or for "
+                                   "MANAGER[:PROFILE]), the effective settings and the file each came from.")
+    c.add_argument("manager", nargs="?", help="e.g. slurm or slurm:gpu (default: every scheduler)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=config)
     w = sub.add_parser("worker", help="join a master (same as python -m clustermgr.worker)",
                        add_help=False)
     w.set_defaults(func=None)
@@ -88,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         from .worker.__main__ import main as worker_main
 
         return worker_main(argv[1:], prog="clustermgr worker")
+    from .config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
+        if args.command in ("demo", "config"):
             return args.func(args)
         from .session.cli import dispatch
 
@@ -98,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"clustermgr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ConfigError as exc:  # a configuration file to fix: its own words, no type name
+        if args.debug:
+            raise
+        print(f"clustermgr {args.command}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - one line for a user; --debug for the traceback
         if args.debug:
             raise

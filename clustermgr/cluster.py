@@ -147,8 +147,10 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
             m.launches[launch_id] = launch = Launch(None, manager, time.monotonic())
             launches.append(launch)
 
-    spec = LaunchSpec(m.address, m.secret, opts.dir or os.getcwd(), dict(opts.env),
-                      opts.python or sys.executable, list(opts.exeflags),
+    # a manager may bring defaults for these (a batch manager: from the configuration files)
+    spec = LaunchSpec(m.address, m.secret, opts.dir or getattr(manager, "dir", None) or os.getcwd(),
+                      dict(opts.env), opts.python or getattr(manager, "python", None) or sys.executable,
+                      list(opts.exeflags),
                       opts.enable_threaded_blas, m.on_process_exit, expect, m.on_running,
                       m.encrypted)
     try:

@@ -112,6 +112,12 @@ class BatchManager(ClusterManager):
 
     cores, memory, walltime, queue, account, gpus, job_name: resources (``None``: the
         scheduler's default).
+    profile: a named profile of the configuration files (``clustermgr/config.py``); every
+        option not given here comes from the files' section for this scheduler, then the
+        profile, and ``job_script()`` names the file each came from.
+    python, dir: addprocs' defaults for this manager's workers (an addprocs argument wins).
+    directives, prologue: extra job script header lines, and shell lines run before the
+        worker starts (``module load ...``).
     log_dir: where job scripts and worker logs go.  Default: a new folder under
         ``$CLUSTERMGR_LOG_DIR``, else ``~/.cache/clustermgr/jobs`` - under the home folder,
         which compute nodes usually share, unlike the submit host's /tmp.  It is made at the
@@ -143,18 +149,44 @@ class BatchManager(ClusterManager):
 
     def __init__(self, np: int, *, cores: int | None = None, memory: str | None = None,
                  walltime: str | None = None, queue: str | None = None, account: str | None = None,
-                 gpus: int | None = None, job_name: str = "clustermgr", log_dir: str | None = None,
+                 gpus: int | None = None, job_name: str | None = None, log_dir: str | None = None,
                  env: dict[str, str] | None = None, queue_timeout: float | None = None,
-                 poll_interval: float = 1.0, retry_delays: Sequence[float] = (1.0, 5.0),
-                 use_array: bool | None = None, throttle: int = 4, **flags: Any) -> None:
+                 poll_interval: float | None = None, retry_delays: Sequence[float] = (1.0, 5.0),
+                 use_array: bool | None = None, throttle: int = 4, profile: str | None = None,
+                 python: str | None = None, dir: str | None = None, directives: Sequence[str] = (),
+                 prologue: Sequence[str] = (), **flags: Any) -> None:
+        from ..config import settings_for
+
         if isinstance(np, bool) or not isinstance(np, int) or np < 1:
             raise ValueError(f"{type(self).__name__} needs a number of workers >= 1, not {np!r}")
         self.np = np
-        self.cores, self.memory, self.walltime = cores, memory, walltime
-        self.queue, self.account, self.gpus, self.job_name = queue, account, gpus, job_name
-        self.log_dir = log_dir or default_log_dir(self.scheduler)
-        self.env = dict(env or {})
-        self.queue_timeout, self.poll_interval = queue_timeout, poll_interval
+        self.profile = profile
+        conf = settings_for(self.scheduler, profile)
+        self.origins: dict[str, str] = {}  # option -> the config file and section it came from
+
+        def pick(name: str, given: Any, default: Any = None) -> Any:
+            if given is not None:
+                return given
+            if name in conf.values:
+                self.origins[name] = conf.origins[name]
+                return conf.values[name]
+            return default
+
+        self.cores, self.memory = pick("cores", cores), pick("memory", memory)
+        self.walltime, self.queue = pick("walltime", walltime), pick("queue", queue)
+        self.account, self.gpus = pick("account", account), pick("gpus", gpus)
+        self.job_name = pick("job_name", job_name, "clustermgr")
+        self.log_dir = pick("log_dir", log_dir) or default_log_dir(self.scheduler)
+        self.python, self.dir = pick("python", python), pick("dir", dir)
+        for name in ("env", "flags", "directives", "prologue"):  # the file's, then the caller's
+            if name in conf.values:
+                self.origins[name] = conf.origins[name]
+        self.env = {**conf.values.get("env", {}), **(env or {})}
+        flags = {**conf.values.get("flags", {}), **flags}
+        self.directives = [*conf.values.get("directives", []), *directives]
+        self.prologue = [*conf.values.get("prologue", []), *prologue]
+        self.queue_timeout = pick("queue_timeout", queue_timeout)
+        self.poll_interval = pick("poll_interval", poll_interval, 1.0)
         self.retry_delays = list(retry_delays)
         self.use_array = self.arrays_by_default if use_array is None else use_array
         if throttle < 1:
@@ -232,7 +264,11 @@ class BatchManager(ClusterManager):
         import sys
 
         lines = ["#!/bin/bash"]
-        lines += [f"{self.directive} {d}" for d in self.resource_directives()]
+        lines += [f"{self.directive} {d}" for d in [*self.resource_directives(), *self.directives]]
+        by_origin: dict[str, list[str]] = {}
+        for name, origin in self.origins.items():
+            by_origin.setdefault(origin, []).append(name)
+        lines += [f"# from {origin}: {', '.join(names)}" for origin, names in by_origin.items()]
         env = dict(self.env)
         if not threaded_blas:
             env.update({name: "1" for name in BLAS_THREAD_VARS})
@@ -243,6 +279,7 @@ class BatchManager(ClusterManager):
         lines.append(f'export CLUSTERMGR_LAUNCH_ID="${{CLUSTERMGR_LAUNCH_ID:-{launch_prefix}-{index}}}"')
         lines.append(f"# worker logs: {self.log_dir} (log_dir=; the default lies under your home, "
                      "which compute nodes usually see)")
+        lines += list(self.prologue)
         workdir = self.working_dir(dir)
         if workdir:
             lines.append(f"cd {shlex.quote(workdir)}")

@@ -36,12 +36,20 @@ RESOURCES = {"cpu": "cores", "cores": "cores", "mem": "memory", "memory": "memor
              "account": "account"}
 
 
-def managers_by_name(name: str, resources: dict[str, Any]) -> Any:
-    """A factory ``n -> manager`` for a manager name and ``-r`` resources."""
+def managers_by_name(name: str, resources: dict[str, Any], flags: dict[str, Any] | None = None) -> Any:
+    """A factory ``n -> manager`` for a manager name (``"slurm"``, or ``"slurm:gpu"`` for a
+    profile of the configuration files), ``-r`` resources and scheduler *flags*."""
     import importlib
 
+    from ..config import settings_for, split_manager_name
+
+    name, profile = split_manager_name(name)
     if name not in MANAGERS:
         raise ValueError(f"unknown manager {name!r}; choose one of {', '.join(MANAGERS)}")
+    if profile is not None:
+        if name == "local":
+            raise ValueError("the local manager has no profiles; profiles are for scheduler managers")
+        settings_for(name, profile)  # an unknown profile is refused now, not in the daemon
     unknown = set(resources) - set(RESOURCES)
     if unknown:
         raise ValueError(f"unknown resources {sorted(unknown)}; use {', '.join(sorted(RESOURCES))}")
@@ -56,7 +64,11 @@ def managers_by_name(name: str, resources: dict[str, Any]) -> Any:
         options[RESOURCES[k]] = v
     if name == "local" and options:
         raise ValueError("resources (-r) need a scheduler manager, not local")
-    return functools.partial(getattr(importlib.import_module(module), cls), **options)
+    if name == "local" and flags:
+        raise ValueError("scheduler flags (--flag) need a scheduler manager, not local")
+    if profile is not None:
+        options["profile"] = profile
+    return functools.partial(getattr(importlib.import_module(module), cls), **options, **(flags or {}))
 
 
 __all__ = ["Session", "SessionError", "Status", "TaskFailedError", "TaskFailure", "attach_session",

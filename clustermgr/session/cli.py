@@ -170,10 +170,17 @@ def run(args: argparse.Namespace) -> int:
         if not eq or not key or not value:
             raise UsageError(f"run: -r takes KEY=VALUE (e.g. -r mem=8g), not {item!r}; keys: {RESOURCE_KEYS}")
         resources[key] = value
+    flags = {}
+    for item in args.flag:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"run: --flag takes NAME=VALUE (e.g. --flag constraint=a100, --flag "
+                             f"exclusive=true), not {item!r}")
+        flags[key.replace("-", "_")] = {"true": True, "false": False}.get(value.lower(), value)
     from . import managers_by_name
 
-    try:  # a wrong manager name or resource is a usage error, found before anything starts
-        managers_by_name(args.manager, resources)
+    try:  # a wrong manager name, profile, resource or flag: a usage error, before anything starts
+        managers_by_name(args.manager, resources, flags)
     except ValueError as exc:
         raise UsageError(f"run: {exc}") from None
     if args.code is not None:
@@ -185,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                    "argv": [args.script, *args.args]}
     program.update(rm=args.rm, max_wait=args.max_wait)
     s = start_session(name=args.name, manager=args.manager, nworkers=args.n, nowait=True,
-                      resources=resources, program=program)
+                      resources=resources, flags=flags, program=program)
     if args.enqueue_only:
         _out(args, {"id": s.id}, s.id)
         return 0
@@ -319,7 +326,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     p.add_argument("--rm", action="store_true", help="end the session when the program ends")
     p.add_argument("--manager", default="local",
-                   help="local (default), slurm, sge, qrsh, pbs, htcondor, lsf, drmaa")
+                   help="local (default), slurm, sge, qrsh, pbs, htcondor, lsf, drmaa; NAME:PROFILE for a "
+                        "profile of the configuration files (`clustermgr config` lists them)")
+    p.add_argument("--flag", action="append", default=[], metavar="NAME=VALUE",
+                   help="a scheduler flag of the manager (e.g. --flag constraint=a100 -> sbatch "
+                        "--constraint=a100; --flag exclusive=true -> --exclusive)")
     p.add_argument("-n", type=int, default=2, help="workers (default 2)")
     p.add_argument("-r", dest="resource", action="append", default=[], metavar="KEY=VALUE",
                    help=f"a resource per worker, for scheduler managers (not local); keys: {RESOURCE_KEYS} "

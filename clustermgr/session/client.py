@@ -147,16 +147,19 @@ def _read(path: str, what: str, binary: bool = False) -> Any:
         raise ValueError(f"{what}: cannot read {path!r} ({exc.strerror or exc})") from None
 
 
-def _pickle_manager(manager: Any, resources: dict[str, Any]) -> str | None:
+def _pickle_manager(manager: Any, resources: dict[str, Any],
+                    flags: dict[str, Any] | None = None) -> str | None:
     from . import managers_by_name
 
     if manager is None or manager == "local":
+        if flags:
+            raise ValueError("scheduler flags need a scheduler manager (--manager slurm|sge|...)")
         if resources:
             raise ValueError("resources (-r cpu=..., mem=...) need a scheduler manager "
                              "(--manager slurm|sge|...)")
         return None
     if isinstance(manager, str):
-        factory = managers_by_name(manager, resources)
+        factory = managers_by_name(manager, resources, flags)
     elif callable(manager) and not hasattr(manager, "launch"):
         factory = manager
     else:
@@ -172,13 +175,13 @@ def start_session(name: str | None = None, manager: Any = None, nworkers: int = 
                   log_dir: str | None = None, print_logs: bool = False, nowait: bool = False, *,
                   resources: dict[str, Any] | None = None, max_attempts: int = 3,
                   python: str | None = None, program: dict[str, Any] | None = None,
-                  timeout: float = 300.0) -> Session:
+                  flags: dict[str, Any] | None = None, timeout: float = 300.0) -> Session:
     """Start a session daemon with *nworkers* workers; returns once they joined (at once
     with ``nowait=True``).  See the README's "Sessions" for every option."""
     # Everything is checked before anything is created: a start that fails leaves nothing.
     if isinstance(nworkers, bool) or not isinstance(nworkers, int) or nworkers < 0:
         raise ValueError(f"nworkers must be an int >= 0, not {nworkers!r}")
-    manager_blob = _pickle_manager(manager, dict(resources or {}))
+    manager_blob = _pickle_manager(manager, dict(resources or {}), dict(flags or {}))
     file_data = {os.path.basename(f): _read(f, "files", binary=True).hex() for f in files}
     code = [_read(f, "code_files") for f in code_files]
     if program and program.get("kind") == "script" and not os.path.isfile(program["script"]):
