@@ -133,6 +133,9 @@ class Daemon:
         self.store.event("resumed" if resumed else "started", pid=os.getpid(), requeued=interrupted)
         log.info("session daemon %d up on port %d (requeued %d interrupted tasks)",
                  os.getpid(), self.server.port, interrupted)
+        from ..cluster import node
+
+        node().listeners.append(lambda kind, wid: self.post("arrived", wid) if kind == "join" else None)
         self._grow(self.target)
         import zmq
 
@@ -140,7 +143,11 @@ class Daemon:
         poller.register(self.server.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         try:
+            stopping = False
             while not (self.ending and not self.starting):
+                if self.ending and self.starting and not stopping:
+                    stopping = True
+                    threading.Thread(target=self._stop_launches, daemon=True, name="session-stop").start()
                 ready = dict(poller.poll(250))
                 if self.wake_r in ready:
                     os.read(self.wake_r, 65536)
@@ -197,7 +204,39 @@ class Daemon:
         if op == "end":
             self._end("ended by the user")
             return {}, []
+        if op == "explain":
+            return {"text": self._explain(msg.get("task"))}, []
         raise ValueError(f"unknown request {op!r}")
+
+    def _explain(self, task: int | None) -> str:
+        """Why work waits or failed: the workers, each manager's jobs (``explain()``), and
+        with *task* that task's own record."""
+        from .. import cluster
+
+        lines = []
+        if task is not None:
+            info = self.store.task_info(int(task))
+            if info is None:
+                return f"no task {task} in this session"
+            lines.append(f"task {task}: {info['state']}, {info['attempts']} attempt(s)"
+                         + (f", on worker {info['worker']}" if info["worker"] else ""))
+            if info["error_type"]:
+                lines.append(f"  error: {info['error_type']}: {info['error_message']}")
+                lines += [f"    {line}" for line in (info["error_traceback"] or "").strip().splitlines()[-8:]]
+            if info["state"] != "pending":
+                return "\n".join(lines)
+        busy = sorted(self.busy)
+        lines.append(f"workers: {len(self.workers)} joined ({len(busy)} busy), {self.starting} starting, "
+                     f"target {self.target}" + (" (released while idle: new work starts them again)"
+                                                if self.released else ""))
+        counts = self.store.counts()
+        lines.append(f"tasks: {counts['pending']} pending, {counts['running']} running, "
+                     f"{counts['completed']} completed, {counts['failed']} failed")
+        for manager in list(cluster._managers):
+            explain = getattr(manager, "explain", None)
+            if explain is not None:
+                lines.append(explain())
+        return "\n".join(lines)
 
     # --- workers -----------------------------------------------------------------------
 
@@ -217,8 +256,13 @@ class Daemon:
         threading.Thread(target=self._start_workers, args=(n,), daemon=True, name="session-grow").start()
 
     def _start_workers(self, n: int) -> None:
+        """One launch of *n* workers.  Each worker is set up and used as it joins (the
+        "arrived" event, from the node's listener), not when the whole launch has joined:
+        under a batch scheduler some of its jobs may pend for hours.  When the launch is
+        over, the workers that never joined stop counting as starting."""
         import clustermgr as cm
 
+        ids: list[int] = []
         try:
             kw: dict[str, Any] = {"env": self.store.get("env") or {}, "min_workers": 1}
             if self.store.get("dir"):
@@ -229,21 +273,35 @@ class Daemon:
                 ids = cm.addprocs(self._factory()(n), **kw)
             except cm.LaunchError as exc:
                 ids = exc.joined
-                self.post("launch_error", str(exc))
-            files = {name: bytes.fromhex(data) for name, data in (self.store.get("files") or {}).items()}
-            code = self.store.get("code") or []
-            ready = []
-            for wid in ids:
-                try:
-                    cm.remotecall_fetch(setup_worker, wid, files, code)
-                    ready.append(wid)
-                except Exception as exc:  # noqa: BLE001 - that worker is unusable
-                    self.post("launch_error", f"worker {wid} setup failed: {exc}")
-                    cm.rmprocs(wid)
-            self.post("joined", (n, ready))
+                if not self.ending:
+                    self.post("launch_error", str(exc))
         except Exception as exc:  # noqa: BLE001 - reported in the events
             self.post("launch_error", f"{type(exc).__name__}: {exc}")
-            self.post("joined", (n, []))
+        self.post("joined", (n - len(ids), []))
+
+    def _arrived(self, wid: int) -> None:
+        """A worker joined: set it up (files, code) off the loop thread, then use it."""
+        import clustermgr as cm
+
+        files = {name: bytes.fromhex(data) for name, data in (self.store.get("files") or {}).items()}
+        code = self.store.get("code") or []
+        try:
+            cm.remotecall_fetch(setup_worker, wid, files, code)
+        except Exception as exc:  # noqa: BLE001 - that worker is unusable
+            self.post("launch_error", f"worker {wid} setup failed: {exc}")
+            cm.rmprocs(wid, waitfor=0)
+            self.post("joined", (1, []))
+            return
+        self.post("joined", (1, [wid]))
+
+    def _stop_launches(self) -> None:
+        """The session ends while jobs still wait in a queue: cancel them (every manager
+        closes), so the end does not wait for a job that may pend for hours."""
+        from .. import cluster
+
+        for manager in list(cluster._managers):
+            with contextlib.suppress(Exception):
+                manager.close()
 
     def _scale(self, n: int) -> dict:
         if n < 0:
@@ -339,6 +397,13 @@ class Daemon:
                         self.task_time = per if self.task_time is None else \
                             (1 - _SMOOTH) * self.task_time + _SMOOTH * per
                     self._batch_done(wid, tasks, outcomes, None)
+            elif kind == "arrived":
+                if self.ending:  # no use for it: it goes (and no longer counts as starting)
+                    self.starting -= 1
+                    self._remove([what])
+                else:
+                    threading.Thread(target=self._arrived, args=(what,), daemon=True,
+                                     name="session-setup").start()
             elif kind == "joined":
                 n, ready = what
                 self.starting -= n
