@@ -356,6 +356,14 @@ class Session:
         return Status(self.id, s["name"], s["state"], workers, s["total"], s["pending"], s["running"],
                       s["completed"], s["failed"])
 
+    def explain(self, task_id: int | None = None) -> str:
+        """Why work waits or failed: workers, the managers' jobs (the scheduler's pending
+        reasons, jobs running but not joined, how dead ones ended), and with *task_id* that
+        task's state, attempts and error.  Asks the daemon; needs it running."""
+        if self._client is None:
+            self._connect(timeout=10)
+        return self._request("explain", task=task_id)["text"]
+
     def wait_for_workers(self, n: int, timeout: float = 300.0) -> None:
         wait_for(lambda: len(self._request("ping")["workers"]) >= n, timeout, f"{n} workers to join",
                  interval=0.1)
@@ -462,16 +470,20 @@ class Session:
     def _follow(self, path: Path, first: list[str]) -> Iterator[str]:
         yield from first
         pos = path.stat().st_size if path.exists() else 0
+        gone = SessionError(f"session {self.id} was removed while its log was followed")
         while True:
             if not self.dir.exists():
-                raise SessionError(f"session {self.id} was removed while its log was followed")
+                raise gone
             if path.exists() and path.stat().st_size > pos:
                 with open(path, errors="replace") as fh:
                     fh.seek(pos)
                     chunk = fh.read()
                     pos = fh.tell()
                 yield from chunk.splitlines()
-            elif self.state() != "running":
+            elif (state := self.state()) != "running":
+                removed = not all((self.dir / name).exists() for name in ("session.db", "credential"))
+                if state == "broken" or removed:  # its files went while we read them
+                    raise gone
                 return
             else:
                 time.sleep(0.2)  # a growing file: nothing to wait on portably
