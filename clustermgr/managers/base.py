@@ -122,6 +122,12 @@ class ClusterManager(ABC):
         """A summary of what the manager runs (for display)."""
         return {}
 
+    def explain(self) -> str:
+        """Why this manager's workers wait, or how they ended, for a person to read (a
+        scheduler's manager gives each job's state and pending reason); by default its
+        ``status()``."""
+        return f"{self!r}: {self.status()}"
+
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         """The defaults of the manager's options (for display and documentation)."""

@@ -86,6 +86,11 @@ def flag(name: str, value: Any) -> list[str]:
     return [f"--{name}"] if bare else [f"--{name}={value}"]
 
 
+def _indented(text: str, title: str) -> list[str]:
+    text = text.strip()
+    return [f"  {title}:", *(f"    {line}" for line in text.splitlines())] if text else []
+
+
 def default_log_dir(scheduler: str) -> str:
     """A fresh (not yet made) folder for one manager's job scripts and worker logs, under
     ``$CLUSTERMGR_LOG_DIR`` or ``~/.cache/clustermgr/jobs``: a path on the home folder,
@@ -104,6 +109,9 @@ class BatchHandle(WorkerHandle):
     reason: str = ""        # why it pends, when the scheduler says
     submitted: float = 0.0
     ended: bool = False
+    worker_id: int | None = None  # once it joined
+    cause: str = ""               # how it ended, once it did
+    script: str = ""              # the job script submitted for it
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
@@ -306,7 +314,7 @@ class BatchManager(ClusterManager):
         env.pop("CLUSTERMGR_LAUNCH_ID", None)
         ids = self.submit_workers(script, prefix, env, spec.dir)
         now = time.monotonic()
-        new = [BatchHandle(f"{prefix}-{i}", "?", job, i, "PENDING", "", now, queued=True)
+        new = [BatchHandle(f"{prefix}-{i}", "?", job, i, "PENDING", "", now, queued=True, script=script)
                for i, job in enumerate(ids)]
         with self._lock:
             self.handles.extend(new)
@@ -456,6 +464,7 @@ class BatchManager(ClusterManager):
             if h.ended:
                 return
             h.ended = True
+            h.cause = cause
         h.done.set()
         self._spec.on_exit(h, cause, self.log_tail(h))  # type: ignore[union-attr]
 
@@ -469,6 +478,7 @@ class BatchManager(ClusterManager):
         """A worker that joined runs, whatever the last poll said."""
         if op is ManageOp.REGISTER and isinstance(handle, BatchHandle) and not handle.ended:
             handle.state, handle.queued = "RUNNING", False
+            handle.worker_id = worker_id
 
     def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:
         """Wait *grace* s for the job to end by itself, then cancel it and wait for the
@@ -490,6 +500,40 @@ class BatchManager(ClusterManager):
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {h.job_id: h.state for h in self.handles}
+
+    def pending_detail(self, handle: BatchHandle) -> str:
+        """More than the status poll's reason on why *handle*'s job waits (a scheduler's
+        own explanation); "" when there is nothing more.  Called by :meth:`explain`."""
+        return ""
+
+    def explain(self) -> str:
+        """Why each job of this manager waits, or how it ended: the scheduler's state and
+        pending reason, whether it runs without having joined (with its log's tail), how a
+        dead one ended (state, exit, log tail), and the job script's path."""
+        with self._lock:
+            handles = list(self.handles)
+        if not handles:
+            return f"{self!r}: no job submitted yet"
+        lines = [f"{self!r}: {len(handles)} job(s); worker logs in {self.log_dir}"]
+        now = time.monotonic()
+        for h in handles:
+            head = f"- job {h.job_id}"
+            if h.ended:
+                lines.append(f"{head}: ended - {h.cause}")
+                lines += _indented(self.log_tail(h, 10), "last lines of its log")
+            elif h.worker_id is not None:
+                lines.append(f"{head}: {h.state or 'RUNNING'}, worker {h.worker_id} joined")
+            elif h.queued:
+                why = h.reason or "the scheduler gives no reason yet"
+                lines.append(f"{head}: {h.state or 'PENDING'} for {now - h.submitted:.0f} s - reason: {why}")
+                lines += _indented(self.pending_detail(h), f"{self.scheduler} says")
+            else:
+                lines.append(f"{head}: {h.state or 'RUNNING'} but its worker has not joined yet "
+                             "(starting Python, or it cannot reach the master)")
+                lines += _indented(self.log_tail(h, 10), "last lines of its log")
+            if h.script:
+                lines.append(f"  job script: {h.script}")
+        return "\n".join(lines)
 
     def close(self) -> None:
         with self._lock:

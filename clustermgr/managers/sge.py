@@ -42,6 +42,25 @@ class SGEManager(BatchManager):
     def index_expression(self) -> str:
         return "$(( ${SGE_TASK_ID:-1} - 1 ))"  # SGE counts tasks from 1
 
+    def pending_detail(self, handle: Any) -> str:
+        """The "scheduling info" of ``qstat -j`` (Grid Engine reports it when the scheduler
+        configuration has ``schedd_job_info true``)."""
+        job = str(getattr(handle, "job_id", "")).split(".")[0]
+        try:
+            out = self.run(["qstat", "-j", job])
+        except Exception as exc:  # noqa: BLE001 - an explanation must not fail
+            return f"(qstat -j {job} failed: {exc})"
+        info, keep = [], False
+        for line in out.splitlines():
+            if line.startswith("scheduling info:"):
+                keep = True
+                line = line.split(":", 1)[1]
+            elif keep and line and not line[0].isspace():
+                break
+            if keep and line.strip():
+                info.append(line.strip())
+        return "\n".join(info)
+
     def working_dir(self, dir: str | None) -> str | None:
         """``wd=`` (also given to qsub as ``-wd``) when set: one working folder, not two."""
         return self.wd or super().working_dir(dir)

@@ -116,6 +116,13 @@ def events(args: argparse.Namespace) -> int:
         time.sleep(0.3)  # events are rows in another process's database
 
 
+def explain(args: argparse.Namespace) -> int:
+    s = _session(args)
+    text = s.explain(args.task)
+    _out(args, {"id": s.id, "task": args.task, "explanation": text}, text)
+    return 0
+
+
 def scale(args: argparse.Namespace) -> int:
     if args.n < 0:
         raise UsageError(f"scale: the number of workers must be 0 or more, not {args.n}")
@@ -306,6 +313,10 @@ def add_commands(sub: Any) -> None:
     p = cmd("events", events, "a session's lifecycle events")
     p.add_argument("id")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p = cmd("explain", explain, "why a session's work waits or failed: its workers, the scheduler's "
+            "pending reasons, a task's state and error")
+    p.add_argument("id")
+    p.add_argument("task", nargs="?", type=int, help="a task id")
     p = cmd("scale", scale, "grow or shrink a session's workers")
     p.add_argument("id")
     p.add_argument("n", type=int)

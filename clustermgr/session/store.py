@@ -167,6 +167,13 @@ class Store:
         marks = ",".join("?" * len(ids))
         return self.db.execute(sql + f" AND id IN ({marks}) ORDER BY id", ids).fetchall()
 
+    def task_info(self, task: int) -> dict[str, Any] | None:
+        """A task's row, without its payload and result: for ``explain``."""
+        cur = self.db.execute("SELECT id, state, attempts, worker, submitted, started, finished, error_type, "
+                              "error_message, error_traceback FROM tasks WHERE id = ?", (task,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
+
     def task_state(self, task: int) -> str | None:
         row = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task,)).fetchone()
         return None if row is None else row[0]

@@ -106,7 +106,8 @@ configure() {  # with qmaster up; each step only when needed
   qconf -ssconf | sed -e 's/^schedule_interval .*/schedule_interval 0:0:1/' \
     -e 's/^flush_submit_sec .*/flush_submit_sec 1/' -e 's/^flush_finish_sec .*/flush_finish_sec 1/' \
     -e 's/^job_load_adjustments .*/job_load_adjustments NONE/' \
-    -e 's/^load_adjustment_decay_time .*/load_adjustment_decay_time 0:0:0/' >"$t"
+    -e 's/^load_adjustment_decay_time .*/load_adjustment_decay_time 0:0:0/' \
+    -e 's/^schedd_job_info .*/schedd_job_info true/' >"$t"
   qconf -ssconf | diff -qw - "$t" >/dev/null || qconf_ -Msconf "$t"
   if ! qconf -sel 2>/dev/null | grep -qx "$HOST"; then
     printf '%s\n' "hostname $HOST" "load_scaling NONE" "complex_values NONE" "user_lists NONE" \
