@@ -451,29 +451,22 @@ def _shutdown_at_exit() -> None:
     try:
         shutdown()
     except KeyboardInterrupt:
-        import signal
-
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-        try:
-            print("clustermgr: interrupted at exit; ending the workers without waiting", file=sys.stderr)
-            _shutdown_now()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        _shutdown_backstop()
 
 
 def _shutdown_backstop() -> None:
-    """Runs after :func:`_shutdown_at_exit`: when a Ctrl-C stopped that one before it began,
-    the workers still go."""
+    """After an interrupted :func:`shutdown` at exit (registered to run after
+    :func:`_shutdown_at_exit` too, in case a Ctrl-C stopped that one before it began): the
+    workers still go, at once, deaf to further Ctrl-C."""
     import signal
 
+    if not isinstance(current_node(), MasterNode):
+        return
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     try:
-        if isinstance(current_node(), MasterNode):
-            print("clustermgr: interrupted at exit; ending the workers without waiting", file=sys.stderr)
-            _shutdown_now()
+        print("clustermgr: interrupted at exit; ending the workers without waiting", file=sys.stderr)
+        _shutdown_now()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
