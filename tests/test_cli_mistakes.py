@@ -119,6 +119,21 @@ def test_status_shows_the_workers_there_are(home):
         time.sleep(0.2)  # the daemon removes the worker in the background
     s.end()
     assert ", 0 workers:" in cli(home, "status", s.id).stdout
+    dead = start_session(nworkers=1)
+    psutil.Process(int(json.loads((dead.dir / "credential").read_text())["pid"])).kill()
+    deadline = time.monotonic() + 30
+    while "dead" not in cli(home, "status", dead.id).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)  # the daemon's exit is another process's
+    assert ", 0 workers:" in cli(home, "status", dead.id).stdout
+    dead.end()  # marks it ended; its workers leave on their own (master_grace)
+
+
+def test_an_unwritable_home_is_one_line(tmp_path):
+    # /sys refuses new folders even to root: an unwritable CLUSTERMGR_HOME whoever runs the test
+    done = subprocess.run([CLI, "ps"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CLUSTERMGR_HOME": "/sys/clustermgr-test-home"})
+    one_line(done, 1, "cannot use '/sys/clustermgr-test-home'", "CLUSTERMGR_HOME at a folder you can write")
 
 
 def test_logs_program_shows_what_the_program_printed(home):

@@ -54,7 +54,7 @@ def home() -> Path:
     except (FileExistsError, NotADirectoryError):
         raise SessionError(f"CLUSTERMGR_HOME {root!r} is not a folder: point CLUSTERMGR_HOME at a "
                            "folder of your own (sessions live in its sessions/ subfolder)") from None
-    except PermissionError as exc:
+    except OSError as exc:  # not allowed, a read-only or special file system, ...
         raise SessionError(f"cannot use {root!r} for sessions ({exc.strerror or exc}): point "
                            "CLUSTERMGR_HOME at a folder you can write") from None
     return path
