@@ -201,11 +201,16 @@ def _run_and_interrupt(home: Path, *flags: str, twice: bool = False) -> tuple[su
     return p, err
 
 
-def _sleepers() -> list[psutil.Process]:
+def _sleepers(home: Path) -> list[psutil.Process]:
+    """The `sleep 300` of this test's session (its environment names the test's home)."""
     out = []
     for proc in psutil.process_iter(["cmdline"]):
-        if proc.info["cmdline"] == ["sleep", "300"]:
-            out.append(proc)
+        try:
+            ours = proc.info["cmdline"] == ["sleep", "300"]
+            if ours and proc.environ().get("CLUSTERMGR_HOME") == str(home):
+                out.append(proc)
+        except psutil.Error:
+            pass
     return out
 
 
@@ -217,10 +222,10 @@ def test_ctrl_c_on_run_detaches_and_says_how_to_follow(home):
     for hint in (f"clustermgr logs {s['id']} --program -f", f"clustermgr attach {s['id']}",
                  f"clustermgr rm {s['id']}"):
         assert hint in err
-    assert _sleepers()  # the program goes on
+    assert _sleepers(home)  # the program goes on
     assert cli(home, "rm", s["id"]).returncode == 0
-    psutil.wait_procs(_sleepers(), timeout=30)
-    assert not _sleepers()  # and rm stopped it
+    psutil.wait_procs(_sleepers(home), timeout=30)
+    assert not _sleepers(home)  # and rm stopped it
 
 
 @pytest.mark.parametrize("twice", [False, True])
@@ -230,8 +235,8 @@ def test_ctrl_c_on_run_rm_stops_the_program_and_ends_the_session(home, twice):
     assert "ended" in err.strip().splitlines()[-1]
     (s,) = list_sessions()
     assert s["state"] == "ended"
-    psutil.wait_procs(_sleepers(), timeout=30)
-    assert not _sleepers()
+    psutil.wait_procs(_sleepers(home), timeout=30)
+    assert not _sleepers(home)
 
 
 def test_resume_of_a_session_that_ended_or_runs_is_refused(home):

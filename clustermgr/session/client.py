@@ -13,6 +13,7 @@ import os
 import pickle
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -326,10 +327,14 @@ class Session:
     def state(self) -> str:
         """"running", "ended", "starting", "dead" (daemon gone without ending), or "broken"
         (a folder whose database is missing or was never filled in: ``cleanup()`` removes it)."""
+        if not (self.dir / "session.db").exists():
+            return "broken"
         try:
             status = self._read_store(lambda st: st.get("status"))
-        except Exception:  # noqa: BLE001 - unreadable or missing database
-            return "broken"
+        except sqlite3.Error:
+            if not all((self.dir / name).exists() for name in ("session.db", "credential")):
+                return "broken"  # its files are being removed
+            raise
         if status is None:
             return "broken"
         if status in ("running", "starting") and not daemon_alive(self.dir):
@@ -428,21 +433,20 @@ class Session:
 
     def end(self, timeout: float = 120.0) -> None:
         """Stop the workers (cancelling scheduler jobs) and the daemon; results stay."""
-        state = self.state()
-        if state in ("ended", "broken"):
+        if daemon_alive(self.dir):  # a running daemon is always asked, whatever its files say
+            if self._client is None:
+                self._connect(timeout=30)
+            self._request("end")
+            wait_for(lambda: not daemon_alive(self.dir), timeout, "the session daemon to stop", interval=0.1)
+            if self._client is not None:
+                self._client.close()
+                self._client = None
             return
-        if not daemon_alive(self.dir):  # dead, or a start that never got its daemon going
-            store = Store(str(self.dir / "session.db"))
-            store.set(status="ended", ended=time.time(), end_reason="ended while its daemon was not running")
-            store.close()
+        if self.state() in ("ended", "broken"):
             return
-        if self._client is None:
-            self._connect(timeout=30)
-        self._request("end")
-        wait_for(lambda: not daemon_alive(self.dir), timeout, "the session daemon to stop", interval=0.1)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        store = Store(str(self.dir / "session.db"))  # dead, or a start that never got going
+        store.set(status="ended", ended=time.time(), end_reason="ended while its daemon was not running")
+        store.close()
 
     def cleanup(self) -> None:
         """Remove the session's files (ends it first)."""
