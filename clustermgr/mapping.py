@@ -66,9 +66,10 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     retry_delays: the delays (seconds) before each retry of a failed item; its length is
         the number of retries.  A failure is an exception in ``f`` or the death of the
         worker running it.  ``retry_check(exc)`` may veto a retry.  A retry goes to
-        another worker than the ones the item failed on, while there is one.  An item whose
-        worker died ``MAX_ITEM_DEATHS`` (3) times while it ran alone is not retried again
-        (a "poison" item would take every fresh worker with it); its error names it.
+        another worker than the ones the item failed on, while there is one.  An item that
+        was running (alone in its batch, its worker's oldest call in flight) when its worker
+        died, ``MAX_ITEM_DEATHS`` (3) times, is not retried again (a "poison" item would take
+        every fresh worker with it); its error names it.
     on_error: called with the final exception of an item; its return value takes the
         item's place.  Without it, the first final failure is raised.  Either way the
         exception is a ``RemoteError`` (what ``f`` raised is its ``__cause__``) or a

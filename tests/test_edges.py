@@ -83,21 +83,25 @@ def _poison(x):
 
 
 def test_a_poison_item_is_not_retried_into_every_fresh_worker(fresh):
-    ids = cm.addprocs(MAX_ITEM_DEATHS + 2)
+    ids = cm.addprocs(MAX_ITEM_DEATHS + 1)
+    verdict = f"item 0 \\(arguments 7\\) killed {MAX_ITEM_DEATHS} workers"
+    with pytest.raises(cm.ProcessExitedError, match=verdict):
+        cm.pmap(_poison, [7], retry_delays=[0.0] * 50, timeout=120)
+    assert len(ids) - len(cm.workers()) == MAX_ITEM_DEATHS  # exactly: it ran alone each time
+    cm.addprocs(MAX_ITEM_DEATHS + 2)
     failures = []
 
     def keep(exc):
         failures.append(exc)
         return "poison"
 
+    # among other items, a death is charged to the call its worker was running (the oldest
+    # in flight), so the others still complete; a lost result can delay the verdict by a death
     out = cm.pmap(_poison, range(10), retry_delays=[0.0] * 50, on_error=keep, timeout=120)
     assert out == [0, 1, 2, 3, 4, 5, 6, "poison", 8, 9]
-    assert len(ids) - len(cm.workers()) == MAX_ITEM_DEATHS  # not every worker there was
+    assert cm.workers() != [1]  # not every worker there was
     (exc,) = failures
-    assert isinstance(exc, cm.ProcessExitedError)
-    assert f"item 7 (arguments 7) killed {MAX_ITEM_DEATHS} workers" in str(exc)
-
-
+    assert isinstance(exc, cm.ProcessExitedError) and "item 7 (arguments 7) killed" in str(exc)
 
 EXIT_SCRIPT = """
 import atexit, os, signal, time
