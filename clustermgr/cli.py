@@ -67,7 +67,7 @@ def config(args: argparse.Namespace) -> int:
 
     files = [{"path": str(p), "exists": p.exists()} for p in conf.config_files()]
     wanted = [args.manager] if args.manager else list(conf.SCHEDULERS)
-    out = []
+    out, known = [], conf.profiles()
     for name in wanted:
         base, profile = conf.split_manager_name(name)
         if base not in conf.SCHEDULERS:
@@ -76,7 +76,7 @@ def config(args: argparse.Namespace) -> int:
             return 2
         found = conf.settings_for(base, profile)
         out.append({"manager": name, "values": found.values, "origins": found.origins,
-                    "profiles": conf.profiles().get(base, [])})
+                    "profiles": known.get(base, [])})
     if args.json:
         print(json.dumps({"files": files, "settings": out}, indent=2, default=str))
         return 0

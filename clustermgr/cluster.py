@@ -476,39 +476,40 @@ def _shutdown_now() -> None:
     """What shutdown does, without waiting for workers to leave: every manager kills what it
     started (processes, jobs) at once."""
     n = current_node()
-    if not isinstance(n, MasterNode):
-        return
+    if isinstance(n, MasterNode):
+        _close(n, tolerant=True)
+
+
+def _close(n: MasterNode, tolerant: bool = False) -> None:
+    """The end of a shutdown: every manager closes (kills what it started), the node stops.
+    *tolerant* (at an interrupted exit): a manager that fails does not stop the others."""
     with _lock:
         managers, _managers[:] = list(_managers), []
     for manager in managers:
         try:
             manager.close()
-        except Exception:  # noqa: BLE001 - the next manager's workers must go too
+        except Exception:  # noqa: BLE001 - re-raised unless tolerant
+            if not tolerant:
+                raise
             log.exception("closing %r at exit", manager)
     n.shutdown_io()
     set_current_node(None)
+    _settings._frozen = False
 
 
 def shutdown() -> None:
     """Remove every worker, close every manager, stop the master's node.  Runs at exit;
     a later ``addprocs`` starts a new master."""
     n = current_node()
-    if n is not None and not isinstance(n, MasterNode):
-        import warnings
-
-        warnings.warn(f"clustermgr.shutdown() on worker {n.myid} does nothing: only the master "
-                      "(process 1) removes workers; a worker leaves when the master removes it "
-                      "(rmprocs) or ends", RuntimeWarning, stacklevel=2)
-        return
     if not isinstance(n, MasterNode):
+        if n is not None:
+            import warnings
+
+            warnings.warn(f"clustermgr.shutdown() on worker {n.myid} does nothing: only the master "
+                          "(process 1) removes workers; a worker leaves when the master removes it "
+                          "(rmprocs) or ends", RuntimeWarning, stacklevel=2)
         return
     ids = n.live_ids()
     if ids:
         rmprocs(ids, waitfor=_settings.shutdown_timeout)
-    with _lock:
-        managers, _managers[:] = list(_managers), []
-    for manager in managers:
-        manager.close()
-    n.shutdown_io()
-    set_current_node(None)
-    _settings._frozen = False
+    _close(n)

@@ -376,8 +376,6 @@ def imap(f: Callable, *iterables: Iterable, ordered: bool = True, pool: WorkerPo
     *timeout* bounds the wait for each next result (``TimeoutError``).  The first error
     is raised (a ``RemoteError`` or ``ProcessExitedError``, as in pmap).
     """
-    if not iterables:
-        raise TypeError("imap() needs at least one iterable")
     _check_args("imap", f, iterables)
     check_timeout(timeout)
     if in_flight is not None and (isinstance(in_flight, bool) or not isinstance(in_flight, int)

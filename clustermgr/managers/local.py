@@ -15,7 +15,6 @@ A process that clears its environment escapes this.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import select
@@ -30,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from ..processes import stop_processes
 from .base import ClusterManager, LaunchSpec, WorkerHandle
 
 
@@ -76,13 +76,7 @@ def end_leftovers(launch_id: str, grace: float = 1.0) -> None:
                 victims.append(proc)
         except psutil.Error:
             continue
-    for proc in victims:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(victims, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    stop_processes(victims, grace)
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -10,6 +10,7 @@ session; 4 the session's daemon is not running; 5 timed out (``run --max-wait``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -222,9 +223,7 @@ def _interrupted(s: Session, args: argparse.Namespace) -> int:
           "(Ctrl-C again to end it at once)", file=sys.stderr)
     try:
         s.end(timeout=60)
-    except KeyboardInterrupt:
-        _end_now(s)
-    except SessionError:
+    except (KeyboardInterrupt, SessionError):  # a second Ctrl-C, or a daemon that does not answer
         _end_now(s)
     print(f"clustermgr run: session {s.id} ended (`clustermgr rm {s.id}` removes its files)", file=sys.stderr)
     return EXIT_INTERRUPTED
@@ -233,22 +232,18 @@ def _interrupted(s: Session, args: argparse.Namespace) -> int:
 def _end_now(s: Session) -> None:
     """End a session without waiting for its daemon's orderly end: SIGTERM (the daemon then
     removes its workers), SIGKILL after 10 s."""
-    import json as _json
-    import signal
-
     import psutil
 
-    try:
-        pid = int(_json.loads((s.dir / "credential").read_text()).get("pid", 0))
-        proc = psutil.Process(pid) if pid else None
-    except (OSError, ValueError, psutil.Error):
-        proc = None
-    if proc is not None and daemon_alive(s.dir):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except psutil.TimeoutExpired:
-            proc.kill()
+    from .control import read_credential
+
+    if daemon_alive(s.dir):
+        with contextlib.suppress(psutil.Error, OSError, ValueError, SessionError):
+            proc = psutil.Process(int(read_credential(s.dir)["pid"]))
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except psutil.TimeoutExpired:
+                proc.kill()
     if s.state() != "ended":
         s.end()  # the daemon is gone: marks the session ended
 

@@ -99,16 +99,10 @@ def _find(session: str) -> Path:
 
 def _live_status(sdir: Path) -> bool:
     """Does this folder hold a session that is running or starting (its daemon alive)?"""
-    if not daemon_alive(sdir):
-        return False
     try:
-        store = Store(str(sdir / "session.db"), readonly=True)
-    except Exception:  # noqa: BLE001 - a broken folder is no live session
+        return daemon_alive(sdir) and Session(sdir).state() in ("running", "starting")
+    except Exception:  # noqa: BLE001 - a folder that cannot be read is no live session
         return False
-    try:
-        return store.get("status") in ("running", "starting")
-    finally:
-        store.close()
 
 
 def _name(sdir: Path) -> str | None:
@@ -332,14 +326,18 @@ class Session:
         try:
             status = self._read_store(lambda st: st.get("status"))
         except sqlite3.Error:
-            if not all((self.dir / name).exists() for name in ("session.db", "credential")):
-                return "broken"  # its files are being removed
+            if self._files_gone():
+                return "broken"
             raise
         if status is None:
             return "broken"
         if status in ("running", "starting") and not daemon_alive(self.dir):
             return "dead" if status == "running" else "starting"
         return str(status)
+
+    def _files_gone(self) -> bool:
+        """Are the session's files being removed (by ``rm``, under a reader)?"""
+        return not all((self.dir / name).exists() for name in ("session.db", "credential"))
 
     def summary(self) -> dict[str, Any]:
         meta, counts = self._read_store(lambda st: (st.meta(), st.counts()))
@@ -485,8 +483,7 @@ class Session:
                     pos = fh.tell()
                 yield from chunk.splitlines()
             elif (state := self.state()) != "running":
-                removed = not all((self.dir / name).exists() for name in ("session.db", "credential"))
-                if state == "broken" or removed:  # its files went while we read them
+                if state == "broken" or self._files_gone():
                     raise gone
                 return
             else:

@@ -502,16 +502,13 @@ _commands: list[subprocess.Popen] = []  # the program's shell command (run --exe
 
 
 def _stop_program_command() -> None:
-    """The session ends: its ``--exec`` command (its whole process group) ends with it."""
+    """The session ends: its ``--exec`` command, and what that started, end with it."""
+    from ..processes import stop_processes, with_descendants
+
     for proc in _commands:
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_processes(with_descendants(proc.pid), grace=5.0)
+            proc.wait()
 
 def run_program(sdir: Path, program: dict[str, Any]) -> int:
     """Run `clustermgr run`'s code, script or command in this process (the session's

@@ -501,15 +501,6 @@ def end_descendants(grace: float = 2.0) -> None:
     """A leaving worker takes what its tasks started with it (even detached processes)."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+    from ..processes import stop_processes
+
+    stop_processes(psutil.Process().children(recursive=True), grace)
