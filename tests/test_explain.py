@@ -47,9 +47,9 @@ def test_slurm_explains_a_job_that_asks_for_more_than_the_node_has_free(fresh, t
     start("slurm")
     m = SlurmManager(2, cores=6, poll_interval=0.2, log_dir=str(tmp_path))  # 8 CPUs: one fits
     thread = launch_in_background(m)
-    until(lambda: "reason: Resources" in m.explain())
+    until(lambda: "reason: Resources" in m.explain() and "joined" in m.explain())
     text = m.explain()
-    assert "RUNNING, worker 2 joined" in text
+    assert "RUNNING, worker 2 joined" in text  # the job that fits; the other pends
     assert f"job script: {tmp_path}/job-" in text
     cm.shutdown()
     thread.join(60)
