@@ -91,9 +91,18 @@ _atexit_done = False
 _libc_memcmp: Any = None
 
 
+def _start_ticks(pid: int) -> int:
+    """When *pid* started, in clock ticks since boot (``/proc/PID/stat``, field 22): exact
+    and the same for every reader, unlike a wall-clock start time, which moves with the
+    boot time the kernel derives from an adjusted clock."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return int(fields[19])
+
+
 def _stamp() -> str:
-    """``<pid>-<start time in 1/100 s>``: names that a reused pid cannot claim."""
-    return f"{os.getpid()}-{int(psutil.Process().create_time() * 100)}"
+    """``<pid>-<start time in ticks>``: names that a reused pid cannot claim."""
+    return f"{os.getpid()}-{_start_ticks(os.getpid())}"
 
 
 _tag = _stamp()
@@ -498,10 +507,8 @@ def leftovers(directory: str | None = None) -> list[str]:
 def _alive(creator: str) -> bool:
     try:
         pid, started = (int(x) for x in creator.split("-"))
-        proc = psutil.Process(pid)
-        return (abs(int(proc.create_time() * 100) - started) <= 2
-                and proc.status() != psutil.STATUS_ZOMBIE)
-    except (ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return _start_ticks(pid) == started and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (ValueError, FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.Error:  # another user's process we may not look at: leave its files
         return True

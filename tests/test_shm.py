@@ -182,8 +182,7 @@ def test_nothing_is_left_after_kill_9_of_the_master():
 
 
 def test_a_crashed_run_is_swept_and_live_processes_are_not():
-    dead = subprocess.Popen([sys.executable, "-c", "import psutil, os; p = psutil.Process();"
-                             "print(f'{os.getpid()}-{int(p.create_time() * 100)}')"],
+    dead = subprocess.Popen([sys.executable, "-c", "from clustermgr import shm; print(shm._stamp())"],
                             stdout=subprocess.PIPE, text=True)
     tag = dead.communicate()[0].strip()
     stale = os.path.join(shm.DIR, f"{shm.PREFIX}{tag}-0")
