@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import serialize
 from .errors import ClusterError, DecodeError, RemoteError, RemoteTraceback
 from .protocol import Flag, Kind, pack_header
+from .transport import Done, current_node
 
 if TYPE_CHECKING:
     from .transport import Node
@@ -31,9 +32,13 @@ CONTROL_TIMEOUT = 30.0
 
 
 def get_node() -> Node:
-    from .cluster import node
+    """This process's node (the master's is made on first use: ``cluster.node``)."""
+    node = current_node()
+    if node is not None:
+        return node
+    from .cluster import node as make
 
-    return node()
+    return make()
 
 
 # --- errors raised by user code travel as this payload ---------------------------------
@@ -122,7 +127,7 @@ class Future:
         self.owner = self._node.myid if owner is None else owner
         self.where = self.owner if where is None else where
         self.id = self._node.next_id() if fid is None else fid
-        self._event = threading.Event()
+        self._event = Done()
         self._lock = threading.Lock()
         self._frames: list | None = None
         self._flags = 0

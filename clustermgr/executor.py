@@ -43,7 +43,7 @@ from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
 
 from .errors import CallRevoked, DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
-from .transport import current_node
+from .transport import Signal, current_node
 from .window import POLL, Window
 
 log = logging.getLogger("clustermgr")
@@ -143,7 +143,7 @@ class ClusterExecutor(Executor):
         self._max_memory = parse_bytes(max_memory_per_child)
         self._initializer, self._initargs = initializer, tuple(initargs)
 
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events = _Events()
         self._pending: collections.deque[_Item] = collections.deque()
         self._inflight: dict[int, int] = {}       # worker -> calls in flight
         self._window = Window()                   # how many each may have (dispatcher's)
@@ -301,27 +301,31 @@ class ClusterExecutor(Executor):
 
     # --- the dispatcher thread -----------------------------------------------------------
 
-    def _step(self, kind: str, what: Any) -> bool:
-        """Handle one event (dispatcher thread); True when the dispatcher should stop."""
-        if kind == "submit":
-            self._pending.append(what)
-        elif kind == "done":
-            self._finished(*what)
-        elif kind == "adopted":
-            self._starting -= 1
-        elif kind == "left" and what in self._inflight:
-            exc = getattr(current_node(), "dead", {}).get(what)
-            self._worker_gone(what, exc or ProcessExitedError(what, "it left the cluster"))
-        elif kind == "broken":
-            self._break(what)
-            self._release()
-        elif kind == "cancel_pending":
-            while self._pending:
-                self._pending.popleft().future.cancel()
-        elif kind == "stop":
-            self._stop_now = True
-        elif kind == "stop_when_idle":
-            self._stop_when_idle = True
+    def _step(self, events: list[tuple[str, Any]]) -> bool:
+        """Handle the events that came in (dispatcher thread), then send what can go;
+        True when the dispatcher should stop."""
+        for kind, what in events:
+            if kind == "submit":
+                self._pending.append(what)
+            elif kind == "done":
+                self._finished(*what)
+            elif kind == "adopted":
+                self._starting -= 1
+            elif kind == "left" and what in self._inflight:
+                exc = getattr(current_node(), "dead", {}).get(what)
+                self._worker_gone(what, exc or ProcessExitedError(what, "it left the cluster"))
+            elif kind == "broken":
+                self._break(what)
+                self._release()
+            elif kind == "cancel_pending":
+                self._dispatch()  # what was submitted before and can start, starts
+                while self._pending:
+                    self._pending.popleft().future.cancel()
+            elif kind == "stop":
+                self._stop_now = True
+            elif kind == "stop_when_idle":
+                self._stop_when_idle = True
+        del events[:]  # nothing of the tasks stays referenced here
         if self._starting:  # a replacement on its way: stop once it joined (or failed),
             self._dispatch()  # so that the workers released include it
             return False
@@ -333,7 +337,11 @@ class ClusterExecutor(Executor):
         return self._stop_when_idle and idle
 
     def _dispatch(self) -> None:
-        self._send_pending()
+        if self._pending:
+            from .calls import get_node
+
+            with get_node().corked():  # a burst of calls travels several to a message
+                self._send_pending()
         if not self._pending and self._window.stuck():
             self._steal()
 
@@ -366,18 +374,21 @@ class ClusterExecutor(Executor):
     def _send_pending(self) -> None:
         from .calls import remotecall
 
+        room: dict[int, int] = {}
         while self._pending:
             if self._broken:
                 self._break(self._broken)
                 return
-            with self._lock:
-                free = [w for w, n in self._inflight.items()
-                        if n < self._depth(w) and w not in self._retiring]
-            if not free:
-                if not self._inflight and not self._starting:
-                    self._break("every worker of the executor is gone and none can replace them")
-                return
-            wid = min(free, key=self._inflight.__getitem__)
+            if not room:  # who has room, looked at once per round, not once per task
+                with self._lock:
+                    room = {w: self._depth(w) - n for w, n in self._inflight.items()
+                            if w not in self._retiring}
+                room = {w: r for w, r in room.items() if r > 0}
+                if not room:
+                    if not self._inflight and not self._starting:
+                        self._break("every worker of the executor is gone and none can replace them")
+                    return
+            wid = min(room, key=lambda w: self._inflight.get(w, 0))
             item = self._pending.popleft()
             if not item.running:
                 if not item.future.set_running_or_notify_cancel():
@@ -390,6 +401,7 @@ class ClusterExecutor(Executor):
                     fut = remotecall(_measured, wid, item.fn, item.args, item.kwargs)
             except ProcessExitedError as exc:
                 self._pending.appendleft(item)  # it never reached a worker: send it elsewhere
+                room.pop(wid, None)
                 self._worker_gone(wid, exc)
                 continue
             except BaseException as exc:  # noqa: BLE001 - cannot pickle: fail it in the caller
@@ -397,6 +409,9 @@ class ClusterExecutor(Executor):
                 continue
             with self._lock:
                 self._inflight[wid] += 1
+            room[wid] -= 1
+            if not room[wid]:
+                del room[wid]
             item.token = self._window.sent(wid, fut)
             fut.add_done_callback(functools.partial(self._call_done, wid, item))
 
@@ -543,30 +558,91 @@ def _release(owned: set[int], made: list[Any]) -> None:
         log.exception("ClusterExecutor: releasing its workers failed")
 
 
-def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: queue.SimpleQueue) -> None:
-    """The dispatcher thread: one event at a time, holding the executor only meanwhile."""
+class _Events:
+    """The dispatcher's inbox.  While the executor has work it reads the link itself
+    (``Node.reading``): results complete on its own thread, with no hand-off from the I/O
+    thread and no contention for the link, and a ``put`` from another thread wakes it
+    through the link.  Idle, it waits on the queue and the I/O thread reads."""
+
+    def __init__(self) -> None:
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.signal: Signal | None = None  # set while the dispatcher waits on the link
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self.q.put(item)
+        sig = self.signal
+        if sig is not None:
+            sig.set()
+
+    def get_many(self, timeout: float | None, node: Any, most: int = 256) -> list[tuple[str, Any]]:
+        """The events that are in (at least one, at most *most*); ``queue.Empty`` after
+        *timeout* seconds.  *node*: the node whose link this thread reads (None: it does
+        not)."""
+        q = self.q
+        if q.empty():
+            if node is None:
+                first = [q.get(timeout=timeout)]
+            else:
+                self.signal = sig = Signal()  # before looking again: a put now sets it
+                try:
+                    if q.empty():
+                        node.block_until(sig, timeout)
+                finally:
+                    self.signal = None
+                first = [q.get_nowait()]
+        else:
+            first = [q.get_nowait()]
+        while len(first) < most and not q.empty():
+            first.append(q.get_nowait())
+        return first
+
+
+def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: _Events) -> None:
+    """The dispatcher thread: one event at a time, holding the executor only meanwhile.
+    It reads the link while the executor has tasks out (see :class:`_Events`)."""
     poll: float | None = None
-    while True:
-        try:
-            kind, what = events.get(timeout=poll)
-        except queue.Empty:  # a worker idles while tasks wait behind a long one: look again
-            kind, what = "wake", None
-        executor = ref()
-        if executor is None:
-            return  # collected: _collected() ends its workers
-        try:
-            stop = executor._step(kind, what)
-            poll = executor.poll_interval()
-        except Exception:  # noqa: BLE001 - the dispatcher must not die silently
-            log.exception("ClusterExecutor dispatcher failed")
-            stop, poll = False, None
-        if stop:
-            executor._release()
-            return
-        del executor, what  # nothing of the last task stays referenced here
+    lease: contextlib.ExitStack | None = None
+    reads: Any = None  # the node, while this thread reads its link
+    try:
+        while True:
+            try:
+                batch = events.get_many(poll, reads)
+            except queue.Empty:  # a worker idles while tasks wait behind a long one: look again
+                batch = [("wake", None)]
+            executor = ref()
+            if executor is None:
+                return  # collected: _collected() ends its workers
+            try:
+                stop = executor._step(batch)
+                poll = executor.poll_interval()
+                busy = executor._outstanding > 0 and not stop
+            except Exception:  # noqa: BLE001 - the dispatcher must not die silently
+                log.exception("ClusterExecutor dispatcher failed")
+                stop, poll, busy = False, None, False
+            if reads is not None and reads._stopping.is_set():  # the cluster is shutting down
+                lease.close()  # type: ignore[union-attr]
+                lease = reads = None
+            if busy and lease is None:
+                node = current_node()
+                if node is not None:
+                    lease = contextlib.ExitStack()
+                    reads = node if lease.enter_context(node.reading()) else None
+            elif not busy and lease is not None:
+                lease.close()
+                lease = reads = None
+            if stop:
+                if lease is not None:
+                    lease.close()
+                    lease = reads = None
+                executor._release()
+                return
+            del executor, batch  # nothing of the last tasks stays referenced here
+    finally:
+        if lease is not None:
+            lease.close()
 
 
-def _collected(events: queue.SimpleQueue, owned: set[int], made: list[Any],
+def _collected(events: _Events, owned: set[int], made: list[Any],
                listeners: list | None, listener: Any) -> None:
     """The executor was garbage collected without shutdown: end what it started."""
     _forget_listener(listeners, listener)

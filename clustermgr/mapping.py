@@ -44,15 +44,33 @@ class _Failed:
 
 
 def _run_batch(f: Callable, arglists: list[tuple]) -> list[Any]:
+    """On a worker: ``[f(*args) for args in arglists]``, an item that raises giving a
+    ``_Failed`` in its place."""
+    return _run_items(f, arglists, True)
+
+
+def _run_plain(f: Callable, items: list) -> list[Any]:
+    """``_run_batch`` for a map over one iterable: the items are the arguments."""
+    return _run_items(f, items, False)
+
+
+def _run_items(f: Callable, items: list, star: bool) -> list[Any]:
     from .cluster import myid
 
     out: list[Any] = []
-    for args in arglists:
-        try:
-            out.append(f(*args))
+    append = out.append
+    it = iter(items)
+    while True:
+        try:  # one try for the whole loop: it resumes after an item that raised
+            if star:
+                for args in it:
+                    append(f(*args))
+            else:
+                for x in it:
+                    append(f(x))
+            return out
         except Exception as exc:  # noqa: BLE001 - reported per item
-            out.append(_Failed(ErrorPayload(myid(), exc)))
-    return out
+            append(_Failed(ErrorPayload(myid(), exc)))
 
 
 def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
@@ -66,10 +84,12 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     retry_delays: the delays (seconds) before each retry of a failed item; its length is
         the number of retries.  A failure is an exception in ``f`` or the death of the
         worker running it.  ``retry_check(exc)`` may veto a retry.  A retry goes to
-        another worker than the ones the item failed on, while there is one.  An item that
-        was running (alone in its batch, its worker's oldest call in flight) when its worker
-        died, ``MAX_ITEM_DEATHS`` (3) times, is not retried again (a "poison" item would take
-        every fresh worker with it); its error names it.
+        another worker than the ones the item failed on, while there is one.  Items in
+        flight together on a worker that died are each retried alone (on a worker with
+        nothing else in flight), which tells which one killed it; an item that was its
+        worker's only call when the worker died, ``MAX_ITEM_DEATHS`` (3) times, is not
+        retried again (a "poison" item would take every fresh worker with it); its error
+        names it.
     on_error: called with the final exception of an item; its return value takes the
         item's place.  Without it, the first final failure is raised.  Either way the
         exception is a ``RemoteError`` (what ``f`` raised is its ``__cause__``) or a
@@ -81,15 +101,17 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
     """
     _check_args("pmap", f, iterables, on_error=on_error, retry_check=retry_check)
     check_timeout(timeout)
-    items = list(zip(*iterables, strict=False))  # the shortest iterable ends the map
+    star = len(iterables) > 1  # one iterable: its items are the arguments, no tuples
+    # the shortest iterable ends the map
+    items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
     delays = list(retry_delays)
     if not items:
         return []
     if not distributed:
-        return _local_map(f, items, delays, retry_check, on_error)
+        return _local_map(f, items if star else [(x,) for x in items], delays, retry_check, on_error)
     p = pool if pool is not None else default_worker_pool()  # an empty pool is not None
     size = _batch_size(batch_size, len(items), max(1, len(p.workers())))
-    return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout).run()
+    return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout, star).run()
 
 
 def _check_args(name: str, f: Any, iterables: tuple, **callbacks: Any) -> None:
@@ -149,8 +171,9 @@ class _PMap:
 
     def __init__(self, f: Callable, items: list[tuple], pool: WorkerPool, size: int,
                  delays: list[float], check: Any, on_error: Any, progress: bool | str,
-                 timeout: float | None) -> None:
+                 timeout: float | None, star: bool = True) -> None:
         self.f, self.items, self.pool = f, items, pool
+        self.star = star  # items are argument tuples (else each item is the one argument)
         self.delays, self.check, self.on_error = delays, check, on_error
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
@@ -158,6 +181,11 @@ class _PMap:
         self.attempts = [1] * len(items)
         self.deaths: dict[int, int] = {}  # item -> workers that died running it alone
         self.dead: set[int] = set()  # workers whose death was charged (or not) already
+        # Items in flight with others on a worker that died: which of them killed it is
+        # not known (results of finished calls may be lost with it), so each is sent
+        # again alone, to a worker with nothing else in flight (isolated until it ends).
+        self.suspects: set[int] = set()
+        self.isolated: set[int] = set()
         self.todo: list[Sequence[int]] = [range(i, min(i + size, len(items)))
                                           for i in range(0, len(items), size)]
         self.todo.reverse()  # pop() from the end keeps input order
@@ -186,10 +214,15 @@ class _PMap:
 
     def run(self) -> list[Any]:
         try:
-            with self.node.reading():  # this thread reads the results itself
+            # This thread reads the results itself, and the calls it sends in one go
+            # travel several to a message (BUNDLE), each still a call of its own.
+            with self.node.reading(), self.node.corked() as cork:
                 while self.remaining:
                     self._submit_ready()
+                    cork.flush()
                     self._handle(self._next_completion())
+                    while self.remaining and not self.done_q.empty():  # all that came in
+                        self._handle(self.done_q.get_nowait())
             return self.results
         finally:
             if self.own_cache:
@@ -212,7 +245,8 @@ class _PMap:
             self._ids, self.ready = ids, set(ids)
         # Only workers that may have room (all at first, then those a call came back from):
         # the work per completion stays the same with 2 workers or 200.
-        room = {wid: self.window.depth(wid) - self.inflight.get(wid, 0) for wid in sorted(self.ready)}
+        room = {wid: 0 if wid in self.isolated else self.window.depth(wid) - self.inflight.get(wid, 0)
+                for wid in sorted(self.ready)}
         open_ = [wid for wid, r in room.items() if r > 0]
         while open_:  # round robin: every worker with room gets one, then a second...
             for wid in open_:
@@ -225,8 +259,12 @@ class _PMap:
                     continue
                 self._send(batch, wid)
                 room[wid] -= 1
+                if batch[0] in self.suspects:  # it runs alone: nothing more behind it
+                    self.isolated.add(wid)
+                    room[wid] = 0
             open_ = [wid for wid in open_ if room[wid] > 0]
-        self.ready = {wid for wid in room if self.window.depth(wid) > self.inflight.get(wid, 0)}
+        self.ready = {wid for wid in room if wid not in self.isolated
+                      and self.window.depth(wid) > self.inflight.get(wid, 0)}
         if not self.todo and not self.retry_todo:
             self._steal(ids, now)
 
@@ -251,15 +289,21 @@ class _PMap:
         for k, batch in enumerate(self.retry_todo):
             tried = self.failed_on.get(batch[0], set())
             if wid not in tried or tried.issuperset(ids):
+                if batch[0] in self.suspects and self.inflight.get(wid, 0):
+                    return None  # a suspect waits for a worker with nothing in flight
                 return self.retry_todo.pop(k)
         return self.todo.pop() if self.todo else None
 
     def _send(self, batch: Sequence[int], wid: int) -> None:
         fn = self.shipped.ref(self.f, wid)
         try:
-            args = self.items[batch.start:batch.stop] if isinstance(batch, range) \
-                else [self.items[i] for i in batch]
-            fut = remotecall(_run_batch, wid, fn, args)
+            if len(batch) == 1:  # one item: f itself is the call
+                item = self.items[batch[0]]
+                fut = remotecall(fn, wid, *item) if self.star else remotecall(fn, wid, item)
+            else:
+                args = self.items[batch.start:batch.stop] if isinstance(batch, range) \
+                    else [self.items[i] for i in batch]
+                fut = remotecall(_run_batch if self.star else _run_plain, wid, fn, args)
         except ProcessExitedError as exc:
             self._failed_batch(batch, exc, wid)
             return
@@ -297,7 +341,9 @@ class _PMap:
         if done is None:
             return
         batch, wid, fut, token = done
-        self.inflight[wid] = max(0, self.inflight.get(wid, 0) - 1)
+        out = self.inflight.get(wid, 0)  # calls it had in flight, this one included
+        self.inflight[wid] = max(0, out - 1)
+        self.isolated.discard(wid)
         self.window.done(wid, token, fut.run_time)
         self.ready.add(wid)
         if isinstance(fut._exception, CallRevoked):  # withdrawn unstarted: send it next
@@ -306,7 +352,10 @@ class _PMap:
         try:
             values = fut.fetch()
         except (RemoteError, ProcessExitedError) as exc:
-            self._failed_batch(batch, exc, wid)
+            self._failed_batch(batch, exc, wid, alone=out == 1)
+            return
+        if len(batch) == 1:
+            self._store(batch[0], values)
             return
         if isinstance(batch, range) and self.bar is None and not any(type(v) is _Failed for v in values):
             self.results[batch.start:batch.stop] = values  # the common case, without a loop
@@ -318,15 +367,20 @@ class _PMap:
             else:
                 self._store(i, value)
 
-    def _failed_batch(self, batch: Sequence[int], exc: BaseException, wid: int) -> None:
-        # A dead worker fails all its calls in flight, oldest first: the oldest is the one
-        # it was running, the rest waited behind it.  Only a death of a worker running one
-        # item alone is charged to that item.
-        running = isinstance(exc, ProcessExitedError) and wid not in self.dead
-        if isinstance(exc, ProcessExitedError):
+    def _failed_batch(self, batch: Sequence[int], exc: BaseException, wid: int,
+                      alone: bool = False) -> None:
+        """*alone*: this was the only call *wid* had in flight.  A dead worker fails all
+        its calls; its death is charged to an item only when the item was all it held
+        (then it was running it); items it held with others become suspects (see
+        ``suspects``), so that a poison item is found by its next death."""
+        died = isinstance(exc, ProcessExitedError)
+        charged = died and alone and len(batch) == 1 and wid not in self.dead
+        if died:
             self.dead.add(wid)
         for i in batch:
-            self._failed_item(i, exc, wid, alone=running and len(batch) == 1)
+            if died and not charged:
+                self.suspects.add(i)
+            self._failed_item(i, exc, wid, alone=charged)
 
     def _failed_item(self, i: int, exc: BaseException, wid: int, alone: bool = False) -> None:
         attempt = self.attempts[i]
@@ -335,7 +389,7 @@ class _PMap:
             self.deaths[i] = self.deaths.get(i, 0) + 1
             if self.deaths[i] >= MAX_ITEM_DEATHS:  # a poison item: no fresh worker for it
                 exc = ProcessExitedError(exc.worker_id, f"{exc.cause}; item {i} (arguments "
-                                         f"{_short(self.items[i])}) killed {self.deaths[i]} workers, "
+                                         f"{_short(self.items[i] if self.star else (self.items[i],))}) killed {self.deaths[i]} workers, "
                                          "one after another, so pmap no longer retries it",
                                          exc.log_tail)
                 attempt = len(self.delays) + 1
@@ -353,6 +407,7 @@ class _PMap:
         self._store(i, self.on_error(exc))
 
     def _store(self, i: int, value: Any) -> None:
+        self.suspects.discard(i)
         self.results[i] = value
         self.remaining -= 1
         if self.bar is not None:

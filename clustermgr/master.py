@@ -185,10 +185,30 @@ class MasterNode(Node):
             self._reject(identity, f"worker {w.id} sent a message claiming to be {hdr.src}")
         else:
             w.last_seen = time.monotonic()
-            if hdr.dst != P.MASTER_ID:
+            if hdr.kind == Kind.BUNDLE:
+                self._unbundle(w, frames)
+            elif hdr.dst != P.MASTER_ID:
                 self._relay(w, hdr, frames[1:])
             else:
                 self.dispatch(hdr, frames[1:])
+
+    def _unbundle(self, w: WorkerInfo, frames: list) -> None:
+        """Each message of a worker's BUNDLE, as if it had come alone (relayed ones too:
+        the topology is checked per message)."""
+        try:
+            if len(frames) != 3:
+                raise ProtocolError(f"a bundle of {len(frames) - 1} frames")
+            for sub, pair in P.unpack_bundle(frames[2]):
+                if sub.src != w.id or sub.kind == Kind.BUNDLE:
+                    self._reject(w.identity, f"worker {w.id} bundled a {sub.kind.name} from {sub.src}")
+                elif sub.dst != P.MASTER_ID:
+                    self._relay(w, sub, pair)
+                else:
+                    self.dispatch(sub, pair)
+                if w.state == "dead":
+                    return
+        except ProtocolError as exc:
+            self._reject(w.identity, f"malformed bundle from worker {w.id}: {exc}")
 
     def _tell_departed(self, identity: bytes, hdr: Header) -> None:
         """A worker declared dead is still talking (it missed its SHUTDOWN, or it was
@@ -255,9 +275,12 @@ class MasterNode(Node):
         if w is not None and w.state != "dead":
             self.call_soon(lambda: self._connection_lost(w))  # the call stays pending:
             return  # the death path fails it
-        entry = self.pending.pop(int.from_bytes(head[_MID], "little"), None)
-        if entry is not None:
-            entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"there is no worker {dst}"))
+        mids = [sub.id for sub, _ in P.unpack_bundle(frames[1])] if head[1] == Kind.BUNDLE \
+            else [int.from_bytes(head[_MID], "little")]
+        for mid in mids:  # each call of a bundle has its own Future
+            entry = self.pending.pop(mid, None)
+            if entry is not None:
+                entry[0]._set_exception(self.dead.get(dst) or ClusterError(f"there is no worker {dst}"))
 
     def _connection_lost(self, w: WorkerInfo) -> None:
         """ZeroMQ no longer has a connection to *w*.  Without a launcher to report its exit
@@ -343,7 +366,7 @@ class MasterNode(Node):
     def _on_control(self, hdr: Header, frames: list) -> None:
         w = self.workers.get(hdr.src)
         if hdr.kind == Kind.OUTPUT and w is not None:
-            text = bytes(frames[1].buffer).decode(errors="replace")
+            text = bytes(getattr(frames[1], "buffer", frames[1])).decode(errors="replace")
             self.settings.emit(hdr.src, text, "stderr" if hdr.flags & Flag.STDERR else "stdout",
                                hdr.src in self.plain_output)
         elif hdr.kind == Kind.BYE and w is not None:

@@ -182,10 +182,14 @@ class FunctionCache:
         self._by_fn: dict[int, tuple[str, bytes, Callable]] = {}
         self._shipped: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
+        self._refs: dict[tuple[int, int], CachedFunction] = {}  # (id(f), wid) once shipped
 
     def ref(self, f: Callable, wid: int) -> Callable | CachedFunction:
         from .cluster import myid
 
+        known = self._refs.get((id(f), wid))  # the common case: shipped there already
+        if known is not None:
+            return known
         if wid == myid():
             return f  # a call to this process is not serialized
         with self._lock:
@@ -195,7 +199,8 @@ class FunctionCache:
                 self._by_fn[id(f)] = entry
             key, payload, _ = entry
             if (key, wid) in self._shipped:
-                return CachedFunction(key, None)
+                ref = self._refs[(id(f), wid)] = CachedFunction(key, None)
+                return ref
             self._shipped.add((key, wid))
             return CachedFunction(key, payload)
 
@@ -208,6 +213,7 @@ class FunctionCache:
                 by_worker.setdefault(wid, []).append(key)
             self._shipped.clear()
             self._by_fn.clear()
+            self._refs.clear()
         for wid, keys in by_worker.items():
             if _alive(wid):
                 remote_do(_forget, wid, keys)
@@ -226,6 +232,9 @@ class CachedFunction:
 
     def __reduce__(self):
         return _resolve, (self.key, self.payload)
+
+
+serialize.PLAIN_TYPES.add(CachedFunction)
 
 
 def _resolve(key: str, payload: bytes | None) -> Callable:

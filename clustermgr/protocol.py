@@ -16,6 +16,16 @@ Every message is a ZeroMQ multipart message::
     12      8     id     message id, unique per sender (a call's id is its Future's id)
     20      8     ref    the id this message answers (RESULT), or an object id
 
+A ``BUNDLE`` (``ref`` = how many) carries several complete messages of one sender, each
+a header and one body (no out-of-band buffers), in the order they were sent, packed into
+one frame::
+
+    [bundle_header, (u32 body length | header | body) * n]
+
+It is how tiny calls and results travel when many are in flight (``transport.Cork``):
+one ZeroMQ frame, one wake-up and one read for many; the receiver handles each inner
+message exactly as if it had come alone (its own id, answer, revocation, relay).
+
 Because the header stands apart, a body that fails to deserialize can still be answered
 with an error addressed to the right call.  Bodies are ``serialize.dumps`` frames
 (cloudpickle protocol 5 + out-of-band buffers) for CALL / RESULT / FETCH / CHANNEL
@@ -46,8 +56,7 @@ import json
 import os
 import struct
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import AuthError, ProtocolError
 
@@ -77,6 +86,7 @@ class Kind(enum.IntEnum):
     BYE = 26           # a worker says it is leaving
     REFS = 27          # reference counts for objects the receiver owns (JSON, refs.py)
     REVOKE = 28        # withdraw a CALL the receiver holds unstarted (ref = the CALL's id)
+    BUNDLE = 29        # several messages of one sender to one receiver, as header/body pairs
 
 
 class Flag:
@@ -93,14 +103,49 @@ class Flag:
 _KINDS = {k.value: k for k in Kind}
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """A parsed header (a tuple: made for every message, so made cheaply)."""
+
     kind: Kind
     flags: int
     src: int
     dst: int
     id: int
     ref: int
+
+
+#: Inner messages per BUNDLE at most, and their bytes (the sender flushes at either).
+BUNDLE_MAX = 64
+BUNDLE_BYTES = 256 << 10
+_LEN = struct.Struct("<I")
+
+
+def pack_bundle(messages: list) -> bytes:
+    """The body of a BUNDLE: *messages* is ``[header, body, header, body, ...]``."""
+    parts = []
+    for k in range(0, len(messages), 2):
+        body = messages[k + 1]
+        parts += (_LEN.pack(len(body)), messages[k], body)
+    return b"".join(parts)
+
+
+def unpack_bundle(frame: Any) -> list[tuple[Header, list]]:
+    """The inner messages of a BUNDLE body, each ``(header, [header_view, body_view])``;
+    ``ProtocolError`` if it is malformed (read only from authenticated peers)."""
+    view = memoryview(getattr(frame, "buffer", frame))
+    out = []
+    off, end = 0, len(view)
+    while off < end:
+        start = off + 4 + HEADER_SIZE
+        if start > end:
+            raise ProtocolError("a truncated bundle")
+        size = _LEN.unpack_from(view, off)[0]
+        if start + size > end:
+            raise ProtocolError("a truncated bundle")
+        head = view[off + 4:start]
+        out.append((unpack_header(head), [head, view[start:start + size]]))
+        off = start + size
+    return out
 
 
 def pack_header(kind: int, flags: int, src: int, dst: int, mid: int = 0, ref: int = 0) -> bytes:

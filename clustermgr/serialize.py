@@ -95,7 +95,7 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
     """One pickle of *obj*, protocol 5: the C pickler's when it will do (see the module
     docstring), else cloudpickle's with code keeping its file name.  *buffers*: the list
     *buffer_callback* fills, emptied if the first try is thrown away."""
-    picklers = _memmap_picklers() if shm.shares(destination()) else None
+    picklers = _memmap_picklers() if shm.shares(destination()) and not _plain(obj) else None
     if not _by_value_modules():
         try:
             if picklers is None:
@@ -108,15 +108,40 @@ def pickle_bytes(obj: Any, buffer_callback: Callable | None = None, buffers: lis
             data = None
         if data is not None and b"__main__" not in data:
             return data
-        if buffers is not None:
-            buffers.clear()
-        pending = getattr(_local, "sent", None)
-        if pending is not None:
-            pending.clear()
+        _thrown_away(buffers)
     out = io.BytesIO()
     pickler = _Pickler if picklers is None else picklers[1]
     pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
+
+
+_SCALARS = frozenset((int, float, complex, bool, str, bytes, type(None)))
+#: types that pickle by name or as a few bytes, never holding an array (pools.py adds its
+#: CachedFunction)
+PLAIN_TYPES = {types.FunctionType, types.BuiltinFunctionType, type}
+
+
+def _plain(obj: Any, depth: int = 3) -> bool:
+    """True when *obj* surely holds no ``np.memmap`` (scalars, functions and classes, small
+    containers of those): the plain C pickler then does, with no memmap reducers (a
+    tiny call's common case; anything else is left to the memmap-aware pickler)."""
+    t = type(obj)
+    if t in _SCALARS or t in PLAIN_TYPES:
+        return True
+    if depth and (t is tuple or t is list) and len(obj) <= 16:
+        return all(_plain(x, depth - 1) for x in obj)
+    if depth and t is dict and len(obj) <= 16:
+        return all(type(k) in _SCALARS and _plain(v, depth - 1) for k, v in obj.items())
+    return False
+
+
+def _thrown_away(buffers: list | None) -> None:
+    """A try of the pickler was thrown away: so are its buffers and counted references."""
+    if buffers is not None:
+        buffers.clear()
+    pending = getattr(_local, "sent", None)
+    if pending is not None:
+        pending.clear()
 
 
 _with_memmaps: tuple[type, type] | None = None

@@ -45,7 +45,7 @@ import zmq
 from . import serialize, shm
 from .channels import ChannelStore
 from .errors import CallRevoked, ClusterError, ProcessExitedError
-from .protocol import Flag, Header, Kind, pack_header
+from .protocol import BUNDLE_BYTES, BUNDLE_MAX, Flag, Header, Kind, pack_bundle, pack_header
 from .refs import RefTable
 
 if TYPE_CHECKING:
@@ -76,6 +76,42 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+_make_condition = threading.Lock()  # serialises the lazy creation in Done.wait
+
+
+class Done:
+    """``threading.Event``'s ``is_set``/``set``/``wait``, for the one-shot events of every
+    Future and Signal: the Condition a waiter sleeps on is made only when a thread does
+    wait (most Futures complete on the thread that reads them, or are never waited for)."""
+
+    __slots__ = ("_flag", "_cond")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._cond: threading.Condition | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        cond = self._cond  # read after the flag: a waiter that made it sees the flag
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        if self._cond is None:
+            with _make_condition:
+                if self._cond is None:
+                    self._cond = threading.Condition(threading.Lock())
+        cond = self._cond
+        with cond:
+            return cond.wait_for(self.is_set, timeout)
+
+
 class Signal:
     """A one-shot event with the waiting interface of a Future (``done``,
     ``add_done_callback``, ``_event``), so :meth:`Node.block_until` can wait on it: code
@@ -83,7 +119,7 @@ class Signal:
     keeps serving incoming calls meanwhile."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._event = Done()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Signal], None]] = []
 
@@ -206,6 +242,64 @@ class Link:
             os.close(self._w)
 
 
+class Cork:
+    """Messages one thread sends, held back to travel several to a ``BUNDLE``.
+
+    Who uses it: a scheduler sending a burst of calls (``pmap``, the executor's
+    dispatcher: ``with node.corked(): ...``), and a worker's main thread for the results
+    and output of the calls it runs one after another (``worker/loop.py``).  Only
+    messages of *kinds* with a single body frame are held, per receiver; any other message
+    the thread sends flushes what is held first, so each receiver sees the thread's
+    messages in the order they were sent.  The holder flushes when it is done or about to wait; another
+    thread may flush it too (a worker's I/O thread, once a task runs long).
+    """
+
+    __slots__ = ("node", "kinds", "lock", "held", "since")
+
+    def __init__(self, node: Node, kinds: frozenset[int]) -> None:
+        self.node = node
+        self.kinds = kinds
+        self.lock = threading.RLock()  # a flush may run callbacks that send again
+        #: per receiver: [bytes held, header, body, header, body, ...]
+        self.held: dict[int, list] = {}
+        self.since = 0.0  # when the oldest held message was sent
+
+    def hold(self, frames: list) -> bool:
+        """Hold *frames* (True), or flush what is held and leave them to the caller."""
+        head = frames[0]
+        if len(frames) != 2 or head[1] not in self.kinds or len(frames[1]) > BUNDLE_BYTES:
+            if self.held:
+                self.flush()
+            return False
+        dst = int.from_bytes(head[8:12], "little")
+        with self.lock:
+            held = self.held.get(dst)
+            if held is None:
+                if not self.held:
+                    self.since = time.monotonic()
+                held = self.held[dst] = [0]
+            held += frames
+            held[0] += len(frames[1])
+            if len(held) > 2 * BUNDLE_MAX or held[0] >= BUNDLE_BYTES:
+                self._send(dst, self.held.pop(dst))
+        return True
+
+    def flush(self) -> None:
+        """Send what is held now (any thread)."""
+        with self.lock:
+            while self.held:
+                dst, held = self.held.popitem()
+                self._send(dst, held)
+
+    def _send(self, dst: int, held: list) -> None:
+        if len(held) == 3:
+            self.node._route(held[1:])
+        else:
+            node = self.node
+            node._route([pack_header(Kind.BUNDLE, 0, node.myid, dst, 0, (len(held) - 1) // 2),
+                         pack_bundle(held[1:])])
+
+
 class Node(abc.ABC):
     """Base of the master and worker runtimes; see the module docstring."""
 
@@ -232,6 +326,7 @@ class Node(abc.ABC):
         self._lease_gate = threading.Lock()  # one thread at a time takes the lease
         self._leaseholder = 0  # ident of the thread that reads in the I/O thread's place
         self._sigint = False  # a Ctrl-C that came while the leaseholder (main) read
+        self._corks: dict[int, Cork] = {}  # thread ident -> what that thread holds back
 
     # --- called from any thread ---------------------------------------------------------
 
@@ -239,8 +334,28 @@ class Node(abc.ABC):
         return next(self._ids)
 
     def send(self, frames: list) -> None:
-        """Send a complete message ``[header, body, *buffers]`` now, from this thread."""
-        self._route(frames)
+        """Send a complete message ``[header, body, *buffers]`` from this thread: now, or
+        with the next messages when the thread is :meth:`corked`."""
+        cork = self._corks.get(threading.get_ident()) if self._corks else None
+        if cork is None or not cork.hold(frames):
+            self._route(frames)
+
+    @contextlib.contextmanager
+    def corked(self, kinds: tuple[int, ...] = (Kind.CALL,)) -> Iterator[Cork]:
+        """Inside, the messages of *kinds* this thread sends are held and go out together,
+        in ``BUNDLE``s, at the latest when the block ends (see :class:`Cork`).  For a burst
+        of sends with no wait between them; nested blocks join the outer one."""
+        me = threading.get_ident()
+        cork = self._corks.get(me)
+        if cork is not None:
+            yield cork
+            return
+        cork = self._corks[me] = Cork(self, frozenset(int(k) for k in kinds))
+        try:
+            yield cork
+        finally:
+            del self._corks[me]
+            cork.flush()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run *fn* on the thread that reads the link (the master's I/O thread)."""
@@ -389,6 +504,8 @@ class Node(abc.ABC):
     def _wait_on_link(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Sleep on the link until a message, a wake-up, the next tick or *deadline*;
         False (without sleeping) once *deadline* has passed."""
+        if self.link.closed:
+            return False  # nothing will come any more
         wait = self._until_tick()
         if deadline is not None:
             left = deadline - time.monotonic()

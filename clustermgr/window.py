@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 
-MAX_DEPTH = 32
+MAX_DEPTH = 64
 #: a call longer than this many latencies runs alone on its worker (idle time < 1/this)
 ALONE_AFTER = 50
 _SMOOTH = 0.25  # weight of the newest run time in the running estimate

@@ -108,6 +108,7 @@ class Daemon:
         self.busy: dict[int, list[list[int]]] = {}  # worker -> its batches in flight (task ids)
         self.task_time: float | None = None  # seconds per task, as workers measured, smoothed
         self.isolate = 0  # tasks to run one per batch (after a worker died with a batch)
+        self.lost: set[int] = set()  # workers whose death was seen (charged or not)
         self.removing: set[int] = set()
         self.starting = 0
         self.target = int(self.meta.get("nworkers", 1))
@@ -431,6 +432,8 @@ class Daemon:
         from ..errors import ProcessExitedError
 
         batches = self.busy.get(wid, [])
+        # The first failure of a dead worker that held this one task alone: it was running it.
+        held_alone = batches == [tasks] and len(tasks) == 1 and wid not in self.lost
         if tasks in batches:
             batches.remove(tasks)
         if not batches:
@@ -440,15 +443,17 @@ class Daemon:
             self.store.finish_many(wid, list(zip(tasks, outcomes, strict=True)))
             self.isolate = max(0, self.isolate - len(tasks))
         elif isinstance(exc, ProcessExitedError):
+            self.lost.add(wid)
             removed = wid in self.removing
             if not removed:
                 self.workers.discard(wid)
                 self.store.event("worker lost", worker=wid, cause=exc.cause)
                 if not self.ending and not self.released:
                     self._grow(1)  # keep the worker count
-            if len(tasks) > 1 and not removed:
-                # Which task killed the worker is unknown: none is charged an attempt; they
-                # run one per batch next, where the one that kills is charged.
+            if not held_alone and not removed:
+                # Which task killed the worker is unknown (it held other batches, and a
+                # finished one's result may have died with it): none is charged an
+                # attempt; they run one per batch next, where the one that kills is charged.
                 for task in tasks:
                     self.store.release(task, wid, count_attempt=False)
                 self.isolate += 2 * len(tasks)

@@ -38,7 +38,7 @@ from ..auth import client_auth
 from ..errors import AuthError, ClusterError, ProcessExitedError, TopologyError
 from ..execute import execute, flush_std, run_local
 from ..protocol import Flag, Header, Kind, pack_header
-from ..transport import Link, Node, log, set_current_node
+from ..transport import Cork, Link, Node, log, set_current_node
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED, EXIT_MASTER_RESTARTED = \
     3, 4, 5, 6, 7
@@ -47,6 +47,10 @@ EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_MASTER_LOST, EXIT_CHANNEL_CLOSED, EXIT_MAST
 MAX_NESTING = 32
 #: A task running longer than this hands the link to the I/O thread (see the docstring).
 TAKEOVER_AFTER = 0.05
+#: Results the main thread holds back (to go several to a message) go out at the latest
+#: when the oldest is this old, checked between tasks (and at TAKEOVER_AFTER by the I/O
+#: thread while a task runs).
+HOLD_RESULTS = 0.002
 _WAKE = object()
 _SHUTDOWN = object()
 
@@ -83,6 +87,9 @@ class WorkerNode(Node):
         self._unstarted: set[tuple[int, int]] = set()
         self._revoked: set[tuple[int, int]] = set()
         self._revoke_lock = threading.Lock()
+        self._bundled = False  # the main thread is handing out the calls of a BUNDLE
+        #: the main thread's results and output, held while it has more calls to run
+        self.results_cork = Cork(self, frozenset((int(Kind.RESULT), int(Kind.OUTPUT))))
         self.heartbeat_interval = 1.0
         self.master_grace = 60.0
         self.last_from_master = time.monotonic()
@@ -156,14 +163,25 @@ class WorkerNode(Node):
     def _from_network(self, frames: list) -> None:
         hdr = P.unpack_header(frames[0])  # the master is authenticated: trust its framing
         self.last_from_master = time.monotonic()
-        self.dispatch(hdr, frames)
+        if hdr.kind != Kind.BUNDLE:
+            self.dispatch(hdr, frames)
+            return
+        # Calls of a bundle queue (each revocable until it starts) before any runs.
+        main = threading.get_ident() == self._main
+        self._bundled = main
+        try:
+            for sub, pair in P.unpack_bundle(frames[1]):
+                self.dispatch(sub, pair)
+        finally:
+            if main:
+                self._bundled = False
 
     def _on_call(self, hdr: Header, frames: list) -> None:
         if threading.get_ident() != self._main:
             with self._revoke_lock:
                 self._unstarted.add((hdr.src, hdr.id))
             self.inbox.put((hdr, frames))  # the I/O thread reads: the main thread runs it
-        elif self.running < MAX_NESTING and not self.deferred:
+        elif self.running < MAX_NESTING and not self.deferred and not self._bundled:
             self.run_task(hdr, frames)  # read by the main thread: run it here and now
         else:
             with self._revoke_lock:
@@ -280,6 +298,7 @@ class WorkerNode(Node):
         """On the main thread: keep running incoming calls while waiting for *fut*."""
         if threading.get_ident() != self._main:
             return super().block_until(fut, timeout)
+        self.results_cork.flush()  # what it answered so far goes out before it waits
         deadline = None if timeout is None else time.monotonic() + timeout
         took = not self._main_reads and self.link.take_role(blocking=False)
         if self._main_reads or took:  # read the link here until fut is done
@@ -332,6 +351,9 @@ class WorkerNode(Node):
                 if self.in_user_code:
                     raise KeyboardInterrupt  # into the task that waits
             if self.deferred and self.running < MAX_NESTING:
+                cork = self.results_cork
+                if cork.held and time.monotonic() - cork.since >= HOLD_RESULTS:
+                    cork.flush()
                 self.run_task(*self.deferred.popleft())
                 continue
             if not self.inbox.empty():  # queued by the I/O thread: they came first
@@ -341,6 +363,8 @@ class WorkerNode(Node):
                 elif item is not _WAKE:
                     self.deferred.append(item)
                 continue
+            if self.results_cork.held:  # nothing more to run now: the answers go out
+                self.results_cork.flush()
             frames = link.recv()
             if frames is not None:
                 self._from_network(frames)
@@ -389,6 +413,7 @@ class WorkerNode(Node):
                 seq = self.task_seq
                 if self.running and seq == seen and not self._main_reads \
                         and self.link.take_role(blocking=False):
+                    self.results_cork.flush()  # the task runs long: its elders' answers go
                     try:
                         self._read_until(lambda: self._want_role or self._stopping.is_set(), None)
                     finally:
@@ -404,11 +429,16 @@ class WorkerNode(Node):
         """Run tasks until the master asks this worker to leave."""
         self.link.take_role()
         self._main_reads = True
-        while not self.leaving:
-            try:
-                self._serve_main(None, None)
-            except KeyboardInterrupt:
-                continue  # an interrupt that arrived after its task finished
+        self._corks[self._main] = self.results_cork
+        try:
+            while not self.leaving:
+                try:
+                    self._serve_main(None, None)
+                except KeyboardInterrupt:
+                    continue  # an interrupt that arrived after its task finished
+        finally:
+            self._corks.pop(self._main, None)
+            self.results_cork.flush()
         self.send_msg(Kind.BYE, P.MASTER_ID)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
