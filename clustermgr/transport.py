@@ -224,12 +224,13 @@ class Link:
         with self.lock:
             if self.closed or self.sock.getsockopt(_EVENTS) & _POLLIN:
                 return
-        self._poll.poll(max(0, int(timeout * 1000)))
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+        for fd, _ in self._poll.poll(max(0, int(timeout * 1000))):
+            if fd == self._r:  # woken: empty the pipe (only then: a read costs a syscall)
+                try:
+                    while os.read(self._r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
 
     def close(self, linger: int | None = None) -> None:
         """Close the socket (its own LINGER unless *linger*) and the wake-up pipe."""
@@ -408,16 +409,61 @@ class Node(abc.ABC):
 
     def block_until(self, fut: Future, timeout: float | None) -> bool:
         """Wait for *fut*; the worker's main thread overrides this to keep serving calls.
-        The thread inside :meth:`reading` reads the link while it waits."""
-        if self._leaseholder != threading.get_ident():
-            return fut._event.wait(timeout)
+        The thread inside :meth:`reading` reads the link while it waits; on the master, a
+        thread that waits while nobody reads becomes the reader until *fut* is done, so
+        its answer is read where it is awaited (no hand-off from the I/O thread)."""
+        me = threading.get_ident()
         deadline = None if timeout is None else time.monotonic() + timeout
-        fut.add_done_callback(self._wake_leaseholder)  # set by another thread: look
-        return self._read_until(fut._event.is_set, deadline)
+        if self._leaseholder == me:
+            fut.add_done_callback(self._wake_reader)  # set by another thread: look
+            return self._read_until(fut._event.is_set, deadline)
+        if fut._event.is_set():
+            return True
+        if self._leasable and not self._leaseholder and not self._lease_wanted \
+                and me != self._thread.ident and self.link.take_role(blocking=False):
+            try:
+                with self._sigint_held(me):
+                    fut.add_done_callback(self._wake_reader)
+                    # a thread that wants the lease (pmap) is let in: wait on for the rest
+                    self._read_until(lambda: fut._event.is_set() or self._lease_wanted, deadline)
+            finally:
+                self.link.give_role()
+                self._hand_back()
+            if fut._event.is_set():
+                return True
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return fut._event.wait(left)
 
-    def _wake_leaseholder(self, _: Any) -> None:
-        if threading.get_ident() != self._leaseholder:
+    def _wake_reader(self, _: Any) -> None:
+        """A Future the reader waits for was completed elsewhere: make it look."""
+        if threading.get_ident() != self.link.reader:
             self.link.wake()
+
+    def _hand_back(self) -> None:
+        """A waiting thread stopped reading: messages it left unread go to the I/O thread
+        (the socket's descriptor signals only new arrivals, not these)."""
+        link = self.link
+        with link.lock:
+            waiting = not link.closed and link.sock.getsockopt(_EVENTS) & _POLLIN
+        if waiting:
+            link.wake()
+
+    @contextlib.contextmanager
+    def _sigint_held(self, me: int) -> Iterator[None]:
+        """On the main thread, a Ctrl-C while it reads is held to the next clean point of
+        the wait (never in the middle of handling a message) and raised there or after."""
+        old_handler = None
+        if me == threading.main_thread().ident and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            old_handler = signal.signal(signal.SIGINT, self._hold_sigint)
+        try:
+            yield
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+                if self._sigint:
+                    self._sigint = False
+                    raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[bool]:
@@ -443,11 +489,7 @@ class Node(abc.ABC):
 
     @contextlib.contextmanager
     def _holding_lease(self, me: int) -> Iterator[None]:
-        old_handler = None
-        on_main = me == threading.main_thread().ident
-        if on_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            old_handler = signal.signal(signal.SIGINT, self._hold_sigint)
-        try:
+        with self._sigint_held(me):
             self._lease_taken.clear()
             self._lease_wanted = True
             self.link.wake()
@@ -460,14 +502,8 @@ class Node(abc.ABC):
             finally:
                 self._leaseholder = 0
                 self.link.give_role()
-        finally:
-            self._lease_wanted = False
-            self._lease_taken.set()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-                if self._sigint:
-                    self._sigint = False
-                    raise KeyboardInterrupt
+                self._lease_wanted = False
+                self._lease_taken.set()
 
     _leasable = False  # the master's node reads this way; a worker's main thread has its own
 
@@ -486,7 +522,7 @@ class Node(abc.ABC):
         while True:
             if done():
                 return True
-            if self._sigint and threading.get_ident() == self._leaseholder:
+            if self._sigint and threading.get_ident() == threading.main_thread().ident:
                 self._sigint = False  # only into the main thread's wait, never the I/O thread
                 raise KeyboardInterrupt
             frames = link.recv()
@@ -533,25 +569,65 @@ class Node(abc.ABC):
     # --- reading the link ---------------------------------------------------------------
 
     def _run(self) -> None:
-        """The I/O thread: the master's reader, except while a thread holds the lease
-        (:meth:`reading`); workers override."""
+        """The I/O thread: the master's reader whenever no other thread reads.  It holds
+        the reading role only while it handles what came in, and sleeps without it (on
+        its own poll of the socket and the wake-up pipe), so a thread that waits for a
+        Future can read its answer itself (:meth:`block_until`); while a thread holds the
+        lease (:meth:`reading`) it waits for the role.  Workers override this."""
         try:
             stopping = self._stopping.is_set
+            link = self.link
+            sleep = select.poll()
+            sleep.register(link.sock.getsockopt(zmq.FD), select.POLLIN)
+            sleep.register(link._r, select.POLLIN)
             while not stopping():
-                if not self.link.role.acquire(timeout=0.1):
+                if not link.role.acquire(timeout=0.1):
                     continue
-                self.link.reader = threading.get_ident()
+                link.reader = threading.get_ident()
                 try:
-                    self._read_until(lambda: stopping() or self._lease_wanted, None)
+                    self._drain()
                 finally:
-                    self.link.give_role()
-                while self._lease_wanted and not stopping():  # let the leaseholder in
-                    self._lease_taken.wait(0.1)
+                    link.give_role()
+                if self._lease_wanted:
+                    while self._lease_wanted and not stopping():  # let the leaseholder in
+                        self._lease_taken.wait(0.1)
+                    continue
+                self._sleep(sleep)
         except Exception:  # the I/O thread must never die silently
             log.exception("clustermgr I/O thread crashed")
             self._on_io_crash()
         finally:
             self._close_sockets()
+
+    def _drain(self) -> None:
+        """Handle every message that is in, and the housekeeping that is due (the reader)."""
+        link = self.link
+        handled = 0
+        while not self._stopping.is_set():
+            frames = link.recv()
+            if frames is not None:
+                self._from_network(frames)
+                handled += 1
+                if handled & 255:
+                    continue
+            handled = 0
+            if not self._housekeeping() and frames is None:
+                return
+
+    def _sleep(self, poller: Any) -> None:
+        """The I/O thread, not holding the role: sleep until a message may be in, a wake-up
+        or the next tick."""
+        link = self.link
+        with link.lock:
+            if link.closed or link.sock.getsockopt(_EVENTS) & _POLLIN:
+                return
+        for fd, _ in poller.poll(int(self._until_tick() * 1000) + 1):
+            if fd == link._r:
+                try:
+                    while os.read(link._r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
 
     def _housekeeping(self) -> bool:
         """Queued ``call_soon`` work, coalesced work and due ticks; True if it ran any

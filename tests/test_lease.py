@@ -26,8 +26,30 @@ def _slow_identity(x):
 def test_the_io_thread_reads_again_after_a_pmap(cluster):
     m = master()
     assert cm.pmap(abs, range(-500, 0)) == list(range(500, 0, -1))
-    _wait_for(lambda: m.link.reader == m._thread.ident)
-    assert cm.remotecall_fetch(abs, 2, -7) == 7  # from this thread, read by the I/O thread
+    assert m._leaseholder == 0
+    fut = cm.remotecall(abs, 2, -7)
+    _wait_for(fut.done)  # nobody waits in fetch: the I/O thread read the answer
+    assert fut.fetch() == 7
+
+
+def test_a_thread_that_waits_reads_its_own_answer(cluster):
+    m = master()
+    readers = []
+    fut = cm.remotecall(time.sleep, 2, 0.3)
+    orig = m._from_network
+
+    def spy(frames):
+        readers.append(threading.get_ident())
+        orig(frames)
+
+    m._from_network = spy
+    try:
+        fut.fetch(timeout=30)
+    finally:
+        del m._from_network
+    assert threading.get_ident() in readers  # read where it was awaited, no hand-off
+    fut = cm.remotecall(abs, 3, -3)
+    _wait_for(fut.done)  # and the I/O thread reads again once nobody waits
 
 
 def test_other_threads_calls_complete_while_a_pmap_reads(cluster):
@@ -71,7 +93,9 @@ def test_ctrl_c_during_a_pmap_raises_at_a_clean_point(fresh):
         cm.pmap(_slow_identity, range(400))
     t.join(30)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    _wait_for(lambda: m.link.reader == m._thread.ident)
+    assert m._leaseholder == 0
+    fut = cm.remotecall(abs, 2, -2)
+    _wait_for(fut.done)  # the I/O thread reads again
     # nothing half-handled: the cluster answers, results in order
     assert cm.pmap(abs, range(-50, 0)) == list(range(50, 0, -1))
     assert cm.remotecall_fetch(abs, 3, -3) == 3
@@ -109,4 +133,27 @@ def test_only_one_thread_takes_the_lease(cluster):
     release.set()
     t.join(30)
     assert seen == {"first": True, "second": False}
-    _wait_for(lambda: m.link.reader == m._thread.ident)
+    fut = cm.remotecall(abs, 2, -2)
+    _wait_for(fut.done)  # the I/O thread reads again
+
+
+def test_ctrl_c_while_the_main_thread_reads_its_answer_raises_at_a_clean_point(cluster):
+    m = master()
+    main = threading.get_ident()
+    fut = cm.remotecall(time.sleep, 2, 5.0)
+
+    def interrupt():
+        _wait_for(lambda: m.link.reader == main)  # the main thread reads in fetch
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        fut.fetch(timeout=30)
+    t.join(30)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert m.link.reader != main
+    assert cm.remotecall_fetch(abs, 3, -3) == 3  # nothing half-handled
+    cm.interrupt([2])
+    with pytest.raises(cm.RemoteError):
+        fut.fetch(timeout=30)
