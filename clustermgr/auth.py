@@ -23,13 +23,12 @@ Parsing itself (sizes checked before any copy, JSON depth) is ``protocol.load_js
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import logging
 import os
 import time
 
 from . import protocol as P
+from .digest import compare_digest, hmac_sha256
 from .errors import AuthError
 
 log = logging.getLogger("clustermgr")
@@ -62,7 +61,7 @@ class Gate:
         self._recent: collections.deque[list[int]] = collections.deque()
 
     def _mac(self, identity: bytes, cn: bytes, expiry: bytes) -> bytes:
-        digest = hmac.new(self._key, identity + b"|" + cn + b"|" + expiry, hashlib.sha256).digest()
+        digest = hmac_sha256(self._key, identity + b"|" + cn + b"|" + expiry)
         return digest[:TICKET_BYTES - _EXPIRY_BYTES]
 
     def challenge(self, identity: bytes, hello: dict) -> dict[str, str]:
@@ -78,7 +77,7 @@ class Gate:
         cn = P.decode_nonce(auth.get("client_nonce"))
         sn = P.decode_nonce(auth.get("nonce"), TICKET_BYTES)
         expiry = int.from_bytes(sn[:_EXPIRY_BYTES], "big")
-        if not hmac.compare_digest(sn[_EXPIRY_BYTES:], self._mac(identity, cn, sn[:_EXPIRY_BYTES])):
+        if not compare_digest(sn[_EXPIRY_BYTES:], self._mac(identity, cn, sn[:_EXPIRY_BYTES])):
             raise AuthError("AUTH does not answer a CHALLENGE of this listener: send HELLO first")
         now = _now_ms()
         if now > expiry:

@@ -40,24 +40,24 @@ Handshake (worker W dials master M; nothing is unpickled by either side before i
                         "nonce": sn, "versions": {...}, ...}
     M -> W  WELCOME    {"id": 3, "settings": {...}}   or   REFUSED {"reason": "..."}
 
-Both proofs are checked with ``hmac.compare_digest``; W verifies M's proof too, since a
-worker must not run pickles from a master that does not hold the secret either.  The
-secret itself never crosses the wire.  ``sn`` is a ticket M can check without having
-stored anything for the handshake (``auth.Gate``); before AUTH succeeds every frame is
-bounded in size (checked before it is copied), count and JSON nesting.
+Both proofs are checked with a constant-time comparison (``digest.compare_digest``); W
+verifies M's proof too, since a worker must not run pickles from a master that does not
+hold the secret either.  The secret itself never crosses the wire.  ``sn`` is a ticket M
+can check without having stored anything for the handshake (``auth.Gate``); before AUTH
+succeeds every frame is bounded in size (checked before it is copied), count and JSON
+nesting.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import json
 import os
 import struct
 import sys
 from typing import Any, NamedTuple
 
+from .digest import compare_digest, hmac_sha256, sha256
 from .errors import AuthError, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -247,13 +247,13 @@ def new_nonce() -> bytes:
 
 
 def proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes) -> str:
-    return hmac.new(secret, role + b"|" + client_nonce + b"|" + server_nonce, hashlib.sha256).hexdigest()
+    return hmac_sha256(secret, role + b"|" + client_nonce + b"|" + server_nonce).hex()
 
 
 def check_proof(secret: bytes, role: bytes, cn: bytes, sn: bytes, claimed: Any) -> bool:
     if not isinstance(claimed, str):
         return False
-    return hmac.compare_digest(proof(secret, role, cn, sn).encode(), claimed.encode())
+    return compare_digest(proof(secret, role, cn, sn).encode(), claimed.encode())
 
 
 def decode_nonce(value: Any, size: int = NONCE_BYTES) -> bytes:
@@ -273,7 +273,7 @@ def curve_keys(secret: bytes, role: bytes) -> tuple[bytes, bytes]:
     import zmq
     from zmq.utils import z85
 
-    private = z85.encode(hashlib.sha256(b"clustermgr-curve|" + role + b"|" + secret).digest())
+    private = z85.encode(sha256(b"clustermgr-curve|" + role + b"|" + secret).digest())
     return zmq.curve_public(private), private
 
 

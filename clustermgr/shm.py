@@ -43,15 +43,11 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import ctypes
-import hmac
 import itertools
 import logging
 import mmap
 import os
 import re
-import secrets
-import shutil
 import stat
 import struct
 import threading
@@ -60,8 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from .digest import compare_digest
 from .errors import ClusterError
 
 log = logging.getLogger("clustermgr")
@@ -91,13 +86,18 @@ _atexit_done = False
 _libc_memcmp: Any = None
 
 
-def _start_ticks(pid: int) -> int:
-    """When *pid* started, in clock ticks since boot (``/proc/PID/stat``, field 22): exact
-    and the same for every reader, unlike a wall-clock start time, which moves with the
-    boot time the kernel derives from an adjusted clock."""
+def _proc_stat(pid: int) -> tuple[bytes, int]:
+    """*pid*'s state letter and when it started, in clock ticks since boot
+    (``/proc/PID/stat``, fields 3 and 22): exact and the same for every reader, unlike a
+    wall-clock start time, which moves with the boot time the kernel derives from an
+    adjusted clock."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
-    return int(fields[19])
+    return fields[0], int(fields[19])
+
+
+def _start_ticks(pid: int) -> int:
+    return _proc_stat(pid)[1]
 
 
 def _stamp() -> str:
@@ -131,7 +131,7 @@ def stats() -> dict[str, int]:
 
 def probe() -> dict[str, str] | None:
     """Worker, before AUTH: write a probe file and return its name and token for AUTH."""
-    token = secrets.token_hex(16)
+    token = os.urandom(16).hex()
     name = f"{PREFIX}{_tag}-probe"
     try:
         fd = os.open(_path(name), os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -168,7 +168,7 @@ def check_probe(info: Any) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size != 32:
             return False
-        return hmac.compare_digest(os.read(fd, 64), token.encode())
+        return compare_digest(os.read(fd, 64), token.encode())
     finally:
         os.close(fd)
 
@@ -279,7 +279,7 @@ def _remember(buf: memoryview, seg: _Segment) -> None:
     key = id(owner)
     try:
         seg.owner = weakref.ref(owner, lambda _, key=key, name=seg.name: _drop(key, name))
-        seg.address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        seg.address = _address(buf)
     except (TypeError, ValueError):
         return  # bytearray and friends have no weak references: not kept
     old = _cache.pop(key, None)
@@ -297,7 +297,7 @@ def _reusable(buf: memoryview) -> _Segment | None:
     if seg is None or seg.owner() is not buf.obj or seg.nbytes != buf.nbytes or buf.readonly:
         return None
     try:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        address = _address(buf)
     except (TypeError, ValueError):
         return None
     if address != seg.address or not _same_bytes(seg, address):
@@ -309,8 +309,18 @@ def _reusable(buf: memoryview) -> _Segment | None:
     return seg
 
 
+def _address(buf: Any) -> int:
+    """Where a writable buffer's memory starts (ctypes is imported for large buffers only:
+    a worker that never sends one does not carry it)."""
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
 def _same_bytes(seg: _Segment, address: int) -> bool:
     global _libc_memcmp
+    import ctypes
+
     if seg.view is None:
         try:
             fd = os.open(_path(seg.name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -463,6 +473,8 @@ def _creator(name: str) -> str:
 
 def _remove(entry: os.DirEntry) -> int:
     if entry.is_dir(follow_symlinks=False):  # a joblib call's memmap folder
+        import shutil
+
         shutil.rmtree(entry.path, ignore_errors=True)
         return 1
     try:
@@ -507,11 +519,12 @@ def leftovers(directory: str | None = None) -> list[str]:
 def _alive(creator: str) -> bool:
     try:
         pid, started = (int(x) for x in creator.split("-"))
-        return _start_ticks(pid) == started and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (ValueError, FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.Error:  # another user's process we may not look at: leave its files
+        state, ticks = _proc_stat(pid)
+        return ticks == started and state != b"Z"  # a zombie has ended
+    except PermissionError:  # another user's process we may not look at: leave its files
         return True
+    except (ValueError, IndexError, OSError):
+        return False
 
 
 def _unlink(name: str) -> None:

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from clustermgr import digest
 from clustermgr import protocol as P
 from clustermgr.errors import AuthError, ProtocolError
 
@@ -45,6 +46,38 @@ def test_proofs_depend_on_secret_role_and_both_nonces():
     assert not P.check_proof(s, b"master", cn, sn, good)
     assert not P.check_proof(s, b"worker", sn, cn, good)
     assert not P.check_proof(s, b"worker", cn, sn, None)
+
+
+@pytest.mark.parametrize("key, msg, mac", [  # RFC 4231, test cases 1, 2 and 6
+    (b"\x0b" * 20, b"Hi There",
+     "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (b"Jefe", b"what do ya want for nothing?",
+     "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+    (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
+     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+])
+def test_the_built_in_hmac_is_rfc_4231s(key, msg, mac):
+    assert digest.hmac_sha256(key, msg).hex() == mac
+
+
+def test_the_built_in_hmac_agrees_with_the_standard_library():
+    import hashlib
+    import hmac
+
+    for n in (0, 1, 32, 63, 64, 65, 200):
+        key, msg = os.urandom(n), os.urandom(3 * n + 1)
+        assert digest.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+    assert digest.compare_digest(b"abc", b"abc") and not digest.compare_digest(b"abc", b"abd")
+
+
+def test_a_worker_loads_no_openssl(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, clustermgr.worker.loop, clustermgr.worker.__main__; "
+            "print('_hashlib' in sys.modules, 'ctypes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]  # 3.4 MiB (libcrypto) and ctypes spared
 
 
 def test_version_mismatch_names_both_sides():

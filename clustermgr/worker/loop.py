@@ -23,7 +23,6 @@ import io
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
@@ -117,7 +116,7 @@ class WorkerNode(Node):
         try:
             self._send_now(Kind.AUTH, {
                 **answer, "versions": versions or P.versions(), "launch_id": self.launch_id,
-                "host": socket.gethostname(), "pid": os.getpid(), "shm_probe": probe})
+                "host": os.uname().nodename, "pid": os.getpid(), "shm_probe": probe})
             welcome = self._expect(Kind.WELCOME, timeout)
         finally:
             shm.unprobe(probe)
