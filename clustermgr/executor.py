@@ -35,6 +35,7 @@ import os
 import queue
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -199,17 +200,37 @@ class ClusterExecutor(Executor):
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> CFuture:
         with self._lock:
-            if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if _interpreter_exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             fut: CFuture = CFuture()
             self._outstanding += 1
         fut.add_done_callback(self._one_done)
         self._events.put(("submit", _Item(fut, fn, args, kwargs)))
         return fut
+
+    def _check_open(self) -> None:
+        if self._broken:
+            raise BrokenProcessPool(self._broken)
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _submit_many(self, fn: Callable, arglists: Iterable[tuple]) -> list[CFuture]:
+        """``[submit(fn, *args) for args in arglists]`` as one event for the dispatcher
+        (``map``): the same futures, without a hand-off per task."""
+        with self._lock:
+            self._check_open()
+        items = [_Item(CFuture(), fn, args, {}) for args in arglists]
+        with self._lock:
+            self._check_open()
+            self._outstanding += len(items)
+        futs = []
+        for item in items:
+            item.future.add_done_callback(self._one_done)
+            futs.append(item.future)
+        if items:
+            self._events.put(("submit_many", items))
+        return futs
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
             progress: bool | str = False) -> Iterator:
@@ -218,7 +239,7 @@ class ClusterExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1 and not progress:
-            return super().map(fn, *iterables, timeout=timeout)
+            return _in_order(self._submit_many(fn, zip(*iterables, strict=False)), timeout)
         chunks = _chunks(zip(*iterables, strict=False), chunksize)
         if not progress:
             results = super().map(_run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
@@ -307,6 +328,8 @@ class ClusterExecutor(Executor):
         for kind, what in events:
             if kind == "submit":
                 self._pending.append(what)
+            elif kind == "submit_many":
+                self._pending.extend(what)
             elif kind == "done":
                 self._finished(*what)
             elif kind == "adopted":
@@ -431,7 +454,8 @@ class ClusterExecutor(Executor):
             if wid in self._inflight:
                 self._inflight[wid] -= 1
                 self._tasks_done[wid] += 1
-            self._idle.notify_all()  # a retiring worker may now be free
+            if self._retiring:
+                self._idle.notify_all()  # a retiring worker may now be free
         item.fn = item.args = item.kwargs = None  # a finished task's inputs go at once
         over_memory = False
         try:
@@ -705,6 +729,35 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause
 
 
+def _in_order(futs: list[CFuture], timeout: float | None) -> Iterator:
+    """``Executor.map``'s iterator over *futs*: results in order, the first error raised,
+    *timeout* counted from the call; the futures not yet reached are cancelled when the
+    iterator is closed or dropped."""
+    end = None if timeout is None else time.monotonic() + timeout
+
+    def results() -> Iterator:
+        try:
+            futs.reverse()  # pop() from the end, dropping each future as it is done with
+            while futs:
+                # nothing here keeps a result once it is yielded (no local names it)
+                yield _result_or_cancel(futs.pop(), None if end is None else end - time.monotonic())
+        finally:
+            for fut in futs:
+                fut.cancel()
+
+    return results()
+
+
+def _result_or_cancel(fut: CFuture, timeout: float | None) -> Any:
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # the future holds the result: not past here
+
+
 def _chunks(it: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
     it = iter(it)
     while chunk := list(itertools.islice(it, size)):
@@ -712,8 +765,6 @@ def _chunks(it: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
 
 
 def _ordered(futs: list[CFuture], timeout: float | None, bar: Any) -> Iterator:
-    import time
-
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         for fut in futs:

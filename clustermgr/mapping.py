@@ -388,8 +388,9 @@ class _PMap:
         if alone and isinstance(exc, ProcessExitedError):
             self.deaths[i] = self.deaths.get(i, 0) + 1
             if self.deaths[i] >= MAX_ITEM_DEATHS:  # a poison item: no fresh worker for it
+                args = self.items[i] if self.star else (self.items[i],)
                 exc = ProcessExitedError(exc.worker_id, f"{exc.cause}; item {i} (arguments "
-                                         f"{_short(self.items[i] if self.star else (self.items[i],))}) killed {self.deaths[i]} workers, "
+                                         f"{_short(args)}) killed {self.deaths[i]} workers, "
                                          "one after another, so pmap no longer retries it",
                                          exc.log_tail)
                 attempt = len(self.delays) + 1

@@ -29,7 +29,7 @@ def test_a_worker_with_no_measure_gets_one_call():
 def test_tiny_calls_get_a_deep_window_long_ones_one(monkeypatch):
     clock = _fake_clock(monkeypatch)
     w = Window()
-    _complete(w, 2, 5e-6, 300e-6, monkeypatch, clock)  # 5 us calls, 300 us round trip
+    _complete(w, 2, 2e-6, 300e-6, monkeypatch, clock)  # 2 us calls, 300 us round trip
     assert w.depth(2) == window.MAX_DEPTH
     _complete(w, 3, 100e-6, 300e-6, monkeypatch, clock)
     assert w.depth(3) == 1 + 3  # enough to cover the latency, no more
@@ -41,7 +41,7 @@ def test_a_call_that_turns_out_long_stops_more_queuing_behind_it(monkeypatch):
     clock = _fake_clock(monkeypatch)
     w = Window()
     for _ in range(3):
-        _complete(w, 2, 5e-6, 300e-6, monkeypatch, clock)
+        _complete(w, 2, 2e-6, 300e-6, monkeypatch, clock)
     assert w.depth(2) == window.MAX_DEPTH
     w.sent(2)
     clock[0] += 1.0  # out for a second: far longer than its calls run
