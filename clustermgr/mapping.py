@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
+import itertools
 import math
 import queue
 import time
@@ -55,22 +56,16 @@ def _run_plain(f: Callable, items: list) -> list[Any]:
 
 
 def _run_items(f: Callable, items: list, star: bool) -> list[Any]:
-    from .cluster import myid
+    from .calls import myid
 
     out: list[Any] = []
-    append = out.append
     it = iter(items)
     while True:
-        try:  # one try for the whole loop: it resumes after an item that raised
-            if star:
-                for args in it:
-                    append(f(*args))
-            else:
-                for x in it:
-                    append(f(x))
+        try:  # the loop runs in C; after an item that raised it resumes with the next
+            out.extend(itertools.starmap(f, it) if star else map(f, it))
             return out
         except Exception as exc:  # noqa: BLE001 - reported per item
-            append(_Failed(ErrorPayload(myid(), exc)))
+            out.append(_Failed(ErrorPayload(myid(), exc)))
 
 
 def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,

@@ -44,6 +44,17 @@ def test_on_error_substitutes(cluster):
     assert cm.pmap(lambda x: 1 // x, [1, 0, 2], on_error=lambda e: -1, batch_size=2) == [1, -1, 0]
 
 
+@pytest.mark.parametrize("batch_size", [1, 4, "auto"])
+def test_every_failing_item_of_a_batch_is_its_own(cluster, batch_size):
+    # the worker's loop resumes after an item that raised: the items after it still run,
+    # once each, with one or several iterables
+    xs = list(range(-6, 7))
+    assert cm.pmap(lambda x: 12 // x, xs, on_error=lambda e: "bad", batch_size=batch_size) == \
+        [12 // x if x else "bad" for x in xs]
+    assert cm.pmap(lambda a, b: a // b, xs, xs[::-1], on_error=lambda e: "bad",
+                   batch_size=batch_size) == [a // b if b else "bad" for a, b in zip(xs, xs[::-1])]
+
+
 def flaky(path, x):
     """Fails on the first attempt for odd x (a marker file remembers the attempt)."""
     marker = os.path.join(path, f"seen-{x}")
