@@ -15,11 +15,16 @@ from .calls import (  # noqa: E402
     Future,
     RemoteChannel,
     fetch,
+    myid,
+    nprocs,
+    nworkers,
+    procs,
     remote_do,
     remotecall,
     remotecall_fetch,
     remotecall_wait,
     spawnat,
+    workers,
 )
 from .errors import (  # noqa: E402
     AuthError,
@@ -38,19 +43,7 @@ from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa:
 
 if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
     from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async
-    from .cluster import (
-        addprocs,
-        configure,
-        everywhere,
-        interrupt,
-        myid,
-        nprocs,
-        nworkers,
-        procs,
-        rmprocs,
-        shutdown,
-        workers,
-    )
+    from .cluster import addprocs, configure, everywhere, interrupt, rmprocs, shutdown
     from .executor import ClusterExecutor, WorkerLostError
     from .mapping import imap, pmap, preduce
     from .session import Session, attach_session, list_sessions, resume_session, start_session
@@ -70,8 +63,8 @@ __all__ = [
 #: names imported on first use, so that a worker (which imports this package but needs
 #: neither the master nor the managers) starts fast
 _LAZY = {
-    **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "myid", "nprocs", "nworkers",
-                     "procs", "rmprocs", "shutdown", "workers"], "cluster"),
+    **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "rmprocs", "shutdown"],
+                    "cluster"),
     **dict.fromkeys(["imap", "pmap", "preduce"], "mapping"),
     **dict.fromkeys(["ClusterExecutor", "WorkerLostError"], "executor"),
     **dict.fromkeys(["fetch_async", "pmap_async", "remotecall_async", "spawnat_async"], "aio"),

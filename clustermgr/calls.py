@@ -41,6 +41,37 @@ def get_node() -> Node:
     return make()
 
 
+# --- who is in the cluster (any process; nothing here needs the master's modules) ----
+
+def myid() -> int:
+    """This process's id: 1 on the master, 2.. on workers."""
+    n = current_node()
+    return 1 if n is None else n.myid
+
+
+def workers() -> list[int]:
+    """Worker ids; ``[1]`` when there are none (the master then does the work itself)."""
+    n = current_node()
+    if n is None:
+        return [1]
+    return n.live_ids() or [1]
+
+
+def procs() -> list[int]:
+    """The master and every worker."""
+    ids = workers()
+    return ids if ids == [1] else [1, *ids]
+
+
+def nprocs() -> int:
+    return len(procs())
+
+
+def nworkers() -> int:
+    """Number of workers (1 when there are none: the master counts, as in Julia)."""
+    return len(workers())
+
+
 # --- errors raised by user code travel as this payload ---------------------------------
 
 class ErrorPayload:
@@ -97,8 +128,6 @@ def local_error(exc: BaseException) -> RemoteError:
     """*exc*, raised by user code in this process, in the shape a remote failure has (a
     ``RemoteError`` with *exc* as its ``__cause__``), so that callers see one behaviour
     wherever the code ran."""
-    from .cluster import myid
-
     if isinstance(exc, RemoteError):
         return exc
     err = RemoteError(myid(), f"{type(exc).__qualname__}: {exc}")

@@ -23,7 +23,7 @@ from .errors import ClusterError, LaunchError
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport has the same class
     from exceptiongroup import ExceptionGroup
-from .calls import remotecall
+from .calls import myid, nprocs, nworkers, procs, remotecall, workers  # noqa: F401 - public here too
 from .managers.base import ClusterManager, LaunchSpec, ManageOp
 from .managers.local import LocalManager
 from .master import Launch, MasterNode
@@ -356,36 +356,6 @@ def _flatten(ids: Sequence[Any]) -> list[Any]:
         else:
             out.append(item)
     return out
-
-
-def workers() -> list[int]:
-    """Worker ids; ``[1]`` when there are none (the master then does the work itself)."""
-    n = current_node()
-    if n is None:
-        return [1]
-    ids = n.live_ids() if isinstance(n, MasterNode) else list(n.members)
-    return ids or [1]
-
-
-def procs() -> list[int]:
-    """The master and every worker."""
-    ids = workers()
-    return ids if ids == [1] else [1, *ids]
-
-
-def nprocs() -> int:
-    return len(procs())
-
-
-def nworkers() -> int:
-    """Number of workers (1 when there are none: the master counts, as in Julia)."""
-    return len(workers())
-
-
-def myid() -> int:
-    """This process's id: 1 on the master, 2.. on workers."""
-    n = current_node()
-    return 1 if n is None else n.myid
 
 
 def interrupt(ids: int | Iterable[int] | None = None) -> None:

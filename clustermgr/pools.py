@@ -185,7 +185,7 @@ class FunctionCache:
         self._refs: dict[tuple[int, int], CachedFunction] = {}  # (id(f), wid) once shipped
 
     def ref(self, f: Callable, wid: int) -> Callable | CachedFunction:
-        from .cluster import myid
+        from .calls import myid
 
         known = self._refs.get((id(f), wid))  # the common case: shipped there already
         if known is not None:
@@ -325,7 +325,7 @@ class _PoolProxy(WorkerPool):
 
 
 def _new_ref() -> tuple[int, int]:
-    from .cluster import myid
+    from .calls import myid
 
     return myid(), next(_pool_ids)
 
