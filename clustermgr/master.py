@@ -1,8 +1,10 @@
 """The master's node: ROUTER socket, handshake, worker table, relay and heartbeats.
 
-Everything here runs on the master's I/O thread (the link's reader) unless a method says
-otherwise.  Other threads send directly (``send`` → ``_route``, any thread) and hand other
-work to the I/O thread with ``call_soon``; ``cluster.py`` holds the public API built on it.
+Everything here runs on the thread that reads the link (the I/O thread, or a thread that
+reads while it waits: ``transport.Node.block_until``; one at a time) unless a method says
+otherwise; "I/O thread" below means that reader.  Other threads send directly (``send`` →
+``_route``, any thread) and hand other work to the reader with ``call_soon``;
+``cluster.py`` holds the public API built on it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger("clustermgr")
 _DST = slice(8, 12)
 _MID = slice(12, 20)
 _REQUESTS = (Kind.CALL, Kind.FETCH, Kind.CHANNEL)
+#: While launched workers are still joining, membership goes out at most this often.
+MEMBERS_EVERY = 0.1
 
 
 @dataclass
@@ -69,6 +73,7 @@ class MasterNode(Node):
 
     def __init__(self, settings: Settings) -> None:
         self._members_dirty = False
+        self._members_sent = 0.0
         super().__init__(P.MASTER_ID)
         self.settings = settings
         self.secret = P.cookie_bytes(settings.cookie) if settings.cookie else P.new_secret()
@@ -452,12 +457,18 @@ class MasterNode(Node):
         log.info("worker %d is gone: %s", wid, cause)
 
     def _broadcast_members(self) -> None:
-        """Membership changed: tell every worker once the ready messages are handled (200
-        workers joining at once cost one broadcast per batch, not one per join)."""
+        """Membership changed: tell every worker once the ready messages are handled; while
+        more launched workers are still to join, at most every ``MEMBERS_EVERY`` seconds
+        (200 workers joining cost a few broadcasts, not one per join: each goes to every
+        worker, so one per join grows with the square of the workers)."""
         self._members_dirty = True
 
     def _after_drain(self) -> None:
         if self._members_dirty:
+            now = time.monotonic()
+            if now < self._members_sent + MEMBERS_EVERY and self._expecting():
+                return  # more are on their way: one broadcast for several joins (by then)
+            self._members_sent = now
             self._members_dirty = False
             self._send_members()
             # addprocs returns only now: a call its caller sends next (from its own thread,
@@ -465,6 +476,16 @@ class MasterNode(Node):
             with self.joined:
                 self.announced = self._next_wid - 1
                 self.joined.notify_all()
+
+    def _expecting(self) -> bool:
+        """Workers launched that have neither joined nor failed yet."""
+        return any(not launch.wid and not launch.error for launch in list(self.launches.values()))
+
+    def _until_tick(self) -> float:
+        wait = super()._until_tick()
+        if self._members_dirty:  # a broadcast put off while workers join: not past its time
+            wait = min(wait, max(0.0, self._members_sent + MEMBERS_EVERY - time.monotonic()))
+        return wait
 
     def _send_members(self) -> None:
         body = P.dump_json({"workers": self.live_ids(), "topology": self.topology})

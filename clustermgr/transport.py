@@ -15,11 +15,15 @@ sender never waits for a read; it routes frames, completes Futures with *raw* fr
 (deserialized later by whoever fetches), answers FETCH and CHANNEL requests, and runs
 :meth:`Node._tick` for heartbeats.
 
-Who reads: on the master, its I/O thread, always.  On a worker, the main thread while it is
-between tasks or waits for a Future (so a CALL runs where it is read, and its RESULT goes
-out from the same thread: no thread hop on a worker's hot path); the I/O thread takes the
-role over only while a task has run for longer than ``TAKEOVER_AFTER``, and gives it back
-when the task ends (``worker/loop.py``).
+Who reads: on the master, a thread that waits for a Future while nobody else reads (its
+answer is read where it is awaited), a thread holding the lease for a while
+(:meth:`Node.reading`: pmap, the executor's dispatcher), and otherwise the I/O thread,
+which holds the role only while it handles what came in.  On a worker, the main thread
+while it is between tasks or waits for a Future (so a CALL runs where it is read, and its
+RESULT goes out from the same thread: no thread hop on a worker's hot path); the I/O
+thread takes the role over only while a task has run for longer than ``TAKEOVER_AFTER``,
+and gives it back when the task ends (``worker/loop.py``).  Messages sent in a burst may
+travel several to a ``BUNDLE`` (:class:`Cork`).
 
 Subclasses: ``master.MasterNode`` (ROUTER, handshake, relay, worker table) and
 ``worker.loop.WorkerNode`` (DEALER, task execution on the main thread).
