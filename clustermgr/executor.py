@@ -583,10 +583,10 @@ def _release(owned: set[int], made: list[Any]) -> None:
 
 
 class _Events:
-    """The dispatcher's inbox.  While the executor has work it reads the link itself
-    (``Node.reading``): results complete on its own thread, with no hand-off from the I/O
-    thread and no contention for the link, and a ``put`` from another thread wakes it
-    through the link.  Idle, it waits on the queue and the I/O thread reads."""
+    """The dispatcher's inbox.  The dispatcher waits for it through the node
+    (``Node.block_until``), so while nobody else reads the link it reads it itself:
+    results complete on its own thread, with no hand-off from the I/O thread and no
+    contention for the link, and a ``put`` from another thread wakes it through the link."""
 
     def __init__(self) -> None:
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -623,47 +623,32 @@ class _Events:
 
 def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: _Events) -> None:
     """The dispatcher thread: one event at a time, holding the executor only meanwhile.
-    It reads the link while the executor has tasks out (see :class:`_Events`)."""
+    While the executor has tasks out, it reads the link as it waits when nobody else does
+    (see :class:`_Events`); idle, it leaves the link to others."""
     poll: float | None = None
-    lease: contextlib.ExitStack | None = None
-    reads: Any = None  # the node, while this thread reads its link
-    try:
-        while True:
-            try:
-                batch = events.get_many(poll, reads)
-            except queue.Empty:  # a worker idles while tasks wait behind a long one: look again
-                batch = [("wake", None)]
-            executor = ref()
-            if executor is None:
-                return  # collected: _collected() ends its workers
-            try:
-                stop = executor._step(batch)
-                poll = executor.poll_interval()
-                busy = executor._outstanding > 0 and not stop
-            except Exception:  # noqa: BLE001 - the dispatcher must not die silently
-                log.exception("ClusterExecutor dispatcher failed")
-                stop, poll, busy = False, None, False
-            if reads is not None and reads._stopping.is_set():  # the cluster is shutting down
-                lease.close()  # type: ignore[union-attr]
-                lease = reads = None
-            if busy and lease is None:
-                node = current_node()
-                if node is not None:
-                    lease = contextlib.ExitStack()
-                    reads = node if lease.enter_context(node.reading()) else None
-            elif not busy and lease is not None:
-                lease.close()
-                lease = reads = None
-            if stop:
-                if lease is not None:
-                    lease.close()
-                    lease = reads = None
-                executor._release()
-                return
-            del executor, batch  # nothing of the last tasks stays referenced here
-    finally:
-        if lease is not None:
-            lease.close()
+    busy = False
+    while True:
+        node = current_node() if busy else None  # idle, it leaves the link to others
+        if node is not None and node._stopping.is_set():
+            node = None  # the cluster is shutting down: nothing more to read
+        try:
+            batch = events.get_many(poll, node)
+        except queue.Empty:  # a worker idles while tasks wait behind a long one: look again
+            batch = [("wake", None)]
+        executor = ref()
+        if executor is None:
+            return  # collected: _collected() ends its workers
+        try:
+            stop = executor._step(batch)
+            poll = executor.poll_interval()
+            busy = executor._outstanding > 0
+        except Exception:  # noqa: BLE001 - the dispatcher must not die silently
+            log.exception("ClusterExecutor dispatcher failed")
+            stop, poll, busy = False, None, False
+        if stop:
+            executor._release()
+            return
+        del executor, batch  # nothing of the last tasks stays referenced here
 
 
 def _collected(events: _Events, owned: set[int], made: list[Any],

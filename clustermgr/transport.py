@@ -16,8 +16,8 @@ sender never waits for a read; it routes frames, completes Futures with *raw* fr
 :meth:`Node._tick` for heartbeats.
 
 Who reads: on the master, a thread that waits for a Future while nobody else reads (its
-answer is read where it is awaited), a thread holding the lease for a while
-(:meth:`Node.reading`: pmap, the executor's dispatcher), and otherwise the I/O thread,
+answer is read where it is awaited; the executor's dispatcher waits this way), a thread
+holding the lease for a while (:meth:`Node.reading`: pmap), and otherwise the I/O thread,
 which holds the role only while it handles what came in.  On a worker, the main thread
 while it is between tasks or waits for a Future (so a CALL runs where it is read, and its
 RESULT goes out from the same thread: no thread hop on a worker's hot path); the I/O

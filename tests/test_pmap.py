@@ -51,8 +51,9 @@ def test_every_failing_item_of_a_batch_is_its_own(cluster, batch_size):
     xs = list(range(-6, 7))
     assert cm.pmap(lambda x: 12 // x, xs, on_error=lambda e: "bad", batch_size=batch_size) == \
         [12 // x if x else "bad" for x in xs]
+    pairs = list(zip(xs, xs[::-1], strict=True))
     assert cm.pmap(lambda a, b: a // b, xs, xs[::-1], on_error=lambda e: "bad",
-                   batch_size=batch_size) == [a // b if b else "bad" for a, b in zip(xs, xs[::-1])]
+                   batch_size=batch_size) == [a // b if b else "bad" for a, b in pairs]
 
 
 def flaky(path, x):

@@ -76,7 +76,10 @@ def test_a_worker_loads_no_openssl(tmp_path):
 
     code = ("import sys, clustermgr.worker.loop, clustermgr.worker.__main__; "
             "print('_hashlib' in sys.modules, 'ctypes' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # a plain interpreter: not the outside suites' start-up hook other tests may have set
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTERMGR_OUTSIDE", "PYTHON"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.split() == ["False", "False"]  # 3.4 MiB (libcrypto) and ctypes spared
 
 
