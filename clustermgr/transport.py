@@ -604,19 +604,9 @@ class Node(abc.ABC):
             self._close_sockets()
 
     def _drain(self) -> None:
-        """Handle every message that is in, and the housekeeping that is due (the reader)."""
-        link = self.link
-        handled = 0
-        while not self._stopping.is_set():
-            frames = link.recv()
-            if frames is not None:
-                self._from_network(frames)
-                handled += 1
-                if handled & 255:
-                    continue
-            handled = 0
-            if not self._housekeeping() and frames is None:
-                return
+        """Handle every message that is in, and the housekeeping that is due (the reader):
+        a read whose deadline has passed already, so it never sleeps."""
+        self._read_until(self._stopping.is_set, time.monotonic())
 
     def _sleep(self, poller: Any) -> None:
         """The I/O thread, not holding the role: sleep until a message may be in, a wake-up
