@@ -1,13 +1,14 @@
 """The worker runtime: handshake, the link, and tasks on the main thread.
 
-Started by ``python -m clustermgr.worker`` (``worker/__main__.py``).  The main thread reads
-the link itself between tasks: a CALL runs where it is read and its RESULT goes out from the
-same thread, with no thread hop.  It hands the link over while it runs a task: once a task
-has run for ``TAKEOVER_AFTER`` seconds the I/O thread reads instead, so heartbeats,
-interrupts and requests for values this worker owns keep flowing while user code computes;
-when the task ends the main thread takes the link back.  While a task waits for a Future
-on the main thread, the worker keeps running incoming calls (nested), so two workers that
-call each other cannot deadlock.
+Started by ``python -m clustermgr.worker`` (``worker/__main__.py``). The main thread reads
+the link itself between tasks: a CALL runs where it is read and its RESULT goes out from
+the same thread, with no thread hop (the calls of a BUNDLE are queued first, and their
+results held to go out together: ``results_cork``, ``HOLD_RESULTS``). It hands the link
+over while it runs a task: once a task has run for ``TAKEOVER_AFTER`` seconds the I/O
+thread reads instead, so heartbeats, interrupts and requests for values this worker owns
+keep flowing while user code computes; when the task ends the main thread takes the link
+back. While a task waits for a Future on the main thread, the worker keeps running
+incoming calls (nested), so two workers that call each other cannot deadlock.
 
 Exit codes: 0 asked to leave; 3 refused by the master (wrong secret, version mismatch);
 4 master unreachable within ``connect_timeout``; 5 master silent for ``master_grace``;
