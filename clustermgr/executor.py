@@ -218,8 +218,6 @@ class ClusterExecutor(Executor):
     def _submit_many(self, fn: Callable, arglists: Iterable[tuple]) -> list[CFuture]:
         """``[submit(fn, *args) for args in arglists]`` as one event for the dispatcher
         (``map``): the same futures, without a hand-off per task."""
-        with self._lock:
-            self._check_open()
         items = [_Item(CFuture(), fn, args, {}) for args in arglists]
         with self._lock:
             self._check_open()

@@ -44,18 +44,9 @@ class _Failed:
         self.payload = payload
 
 
-def _run_batch(f: Callable, arglists: list[tuple]) -> list[Any]:
-    """On a worker: ``[f(*args) for args in arglists]``, an item that raises giving a
-    ``_Failed`` in its place."""
-    return _run_items(f, arglists, True)
-
-
-def _run_plain(f: Callable, items: list) -> list[Any]:
-    """``_run_batch`` for a map over one iterable: the items are the arguments."""
-    return _run_items(f, items, False)
-
-
 def _run_items(f: Callable, items: list, star: bool) -> list[Any]:
+    """On a worker: ``[f(*args) for args in items]`` (*star*: items are argument tuples)
+    or ``[f(x) for x in items]``, an item that raises giving a ``_Failed`` in its place."""
     from .calls import myid
 
     out: list[Any] = []
@@ -298,7 +289,7 @@ class _PMap:
             else:
                 args = self.items[batch.start:batch.stop] if isinstance(batch, range) \
                     else [self.items[i] for i in batch]
-                fut = remotecall(_run_batch if self.star else _run_plain, wid, fn, args)
+                fut = remotecall(_run_items, wid, fn, args, self.star)
         except ProcessExitedError as exc:
             self._failed_batch(batch, exc, wid)
             return

@@ -180,9 +180,9 @@ class FunctionCache:
 
     def __init__(self) -> None:
         self._by_fn: dict[int, tuple[str, bytes, Callable]] = {}
-        self._shipped: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
-        self._refs: dict[tuple[int, int], CachedFunction] = {}  # (id(f), wid) once shipped
+        #: (id(f), wid) -> the key-only reference, once f went to wid with its payload
+        self._refs: dict[tuple[int, int], CachedFunction] = {}
 
     def ref(self, f: Callable, wid: int) -> Callable | CachedFunction:
         from .calls import myid
@@ -198,10 +198,10 @@ class FunctionCache:
                 entry = (f"{myid()}-{id(self)}-{next(_keys)}", serialize.pickle_bytes(f), f)
                 self._by_fn[id(f)] = entry
             key, payload, _ = entry
-            if (key, wid) in self._shipped:
-                ref = self._refs[(id(f), wid)] = CachedFunction(key, None)
-                return ref
-            self._shipped.add((key, wid))
+            known = self._refs.get((id(f), wid))  # another thread shipped it meanwhile
+            if known is not None:
+                return known
+            self._refs[(id(f), wid)] = CachedFunction(key, None)
             return CachedFunction(key, payload)
 
     def clear(self) -> None:
@@ -209,9 +209,8 @@ class FunctionCache:
 
         with self._lock:
             by_worker: dict[int, list[str]] = {}
-            for key, wid in self._shipped:
-                by_worker.setdefault(wid, []).append(key)
-            self._shipped.clear()
+            for (_, wid), ref in self._refs.items():
+                by_worker.setdefault(wid, []).append(ref.key)
             self._by_fn.clear()
             self._refs.clear()
         for wid, keys in by_worker.items():

@@ -96,13 +96,9 @@ def _proc_stat(pid: int) -> tuple[bytes, int]:
     return fields[0], int(fields[19])
 
 
-def _start_ticks(pid: int) -> int:
-    return _proc_stat(pid)[1]
-
-
 def _stamp() -> str:
     """``<pid>-<start time in ticks>``: names that a reused pid cannot claim."""
-    return f"{os.getpid()}-{_start_ticks(os.getpid())}"
+    return f"{os.getpid()}-{_proc_stat(os.getpid())[1]}"
 
 
 _tag = _stamp()

@@ -168,9 +168,14 @@ class Link:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
-        self._poll = select.poll()
-        self._poll.register(sock.getsockopt(zmq.FD), select.POLLIN)
-        self._poll.register(self._r, select.POLLIN)
+        self._poll = self.poller()
+
+    def poller(self) -> Any:
+        """A poll object for the socket's descriptor and the wake-up pipe."""
+        poller = select.poll()
+        poller.register(self.sock.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(self._r, select.POLLIN)
+        return poller
 
     # --- any thread -------------------------------------------------------------------
 
@@ -223,12 +228,15 @@ class Link:
                 parts.append(sock.recv(0, copy=False))
             return parts
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until a message may be waiting, a :meth:`wake`, or *timeout* seconds."""
+    def wait(self, timeout: float, poller: Any = None) -> None:
+        """Sleep until a message may be waiting, a :meth:`wake`, or *timeout* seconds.
+        *poller*: a ``select.poll`` of the socket and the pipe (:meth:`poller`) for a
+        thread that sleeps here while another may too (one poll object cannot serve two
+        threads at once); the reader's own by default."""
         with self.lock:
             if self.closed or self.sock.getsockopt(_EVENTS) & _POLLIN:
                 return
-        for fd, _ in self._poll.poll(max(0, int(timeout * 1000))):
+        for fd, _ in (poller or self._poll).poll(max(0, int(timeout * 1000))):
             if fd == self._r:  # woken: empty the pipe (only then: a read costs a syscall)
                 try:
                     while os.read(self._r, 4096):
@@ -255,8 +263,8 @@ class Cork:
     and output of the calls it runs one after another (``worker/loop.py``).  Only
     messages of *kinds* with a single body frame are held, per receiver; any other message
     the thread sends flushes what is held first, so each receiver sees the thread's
-    messages in the order they were sent.  The holder flushes when it is done or about to wait; another
-    thread may flush it too (a worker's I/O thread, once a task runs long).
+    messages in the order they were sent.  The holder flushes when it is done or about to
+    wait; another thread may flush it too (a worker's I/O thread, once a task runs long).
     """
 
     __slots__ = ("node", "kinds", "lock", "held", "since")
@@ -581,9 +589,7 @@ class Node(abc.ABC):
         try:
             stopping = self._stopping.is_set
             link = self.link
-            sleep = select.poll()
-            sleep.register(link.sock.getsockopt(zmq.FD), select.POLLIN)
-            sleep.register(link._r, select.POLLIN)
+            sleep = link.poller()  # its own: a thread that reads may sleep on the link's
             while not stopping():
                 if not link.role.acquire(timeout=0.1):
                     continue
@@ -596,7 +602,7 @@ class Node(abc.ABC):
                     while self._lease_wanted and not stopping():  # let the leaseholder in
                         self._lease_taken.wait(0.1)
                     continue
-                self._sleep(sleep)
+                link.wait(self._until_tick() + 0.001, sleep)  # not holding the role
         except Exception:  # the I/O thread must never die silently
             log.exception("clustermgr I/O thread crashed")
             self._on_io_crash()
@@ -607,21 +613,6 @@ class Node(abc.ABC):
         """Handle every message that is in, and the housekeeping that is due (the reader):
         a read whose deadline has passed already, so it never sleeps."""
         self._read_until(self._stopping.is_set, time.monotonic())
-
-    def _sleep(self, poller: Any) -> None:
-        """The I/O thread, not holding the role: sleep until a message may be in, a wake-up
-        or the next tick."""
-        link = self.link
-        with link.lock:
-            if link.closed or link.sock.getsockopt(_EVENTS) & _POLLIN:
-                return
-        for fd, _ in poller.poll(int(self._until_tick() * 1000) + 1):
-            if fd == link._r:
-                try:
-                    while os.read(link._r, 4096):
-                        pass
-                except (BlockingIOError, OSError):
-                    pass
 
     def _housekeeping(self) -> bool:
         """Queued ``call_soon`` work, coalesced work and due ticks; True if it ran any

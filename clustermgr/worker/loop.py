@@ -166,15 +166,14 @@ class WorkerNode(Node):
         if hdr.kind != Kind.BUNDLE:
             self.dispatch(hdr, frames)
             return
-        # Calls of a bundle queue (each revocable until it starts) before any runs.
-        main = threading.get_ident() == self._main
-        self._bundled = main
+        # Calls of a bundle queue (each revocable until it starts) before any runs; only
+        # the thread that reads dispatches, so the flag is never set by two at once.
+        self._bundled = True
         try:
             for sub, pair in P.unpack_bundle(frames[1]):
                 self.dispatch(sub, pair)
         finally:
-            if main:
-                self._bundled = False
+            self._bundled = False
 
     def _on_call(self, hdr: Header, frames: list) -> None:
         if threading.get_ident() != self._main:
