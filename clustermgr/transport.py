@@ -205,8 +205,8 @@ class Link:
         except BlockingIOError:  # the pipe is full of wake-ups already
             pass
 
-    def take_role(self, blocking: bool = True) -> bool:
-        if not self.role.acquire(blocking):
+    def take_role(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self.role.acquire(blocking, timeout):
             return False
         self.reader = threading.get_ident()
         return True
@@ -253,6 +253,11 @@ class Link:
             self.sock.close(linger=linger)
             os.close(self._r)
             os.close(self._w)
+
+
+#: How long a thread that waits for a Future waits for the reading role (held briefly by
+#: the I/O thread while it handles a message) before it leaves the reading to its holder.
+ROLE_WAIT = 0.01
 
 
 class Cork:
@@ -431,8 +436,10 @@ class Node(abc.ABC):
             return self._read_until(fut._event.is_set, deadline)
         if fut._event.is_set():
             return True
+        # The I/O thread holds the role only while it handles what came in: wait that out
+        # (ROLE_WAIT); a thread that reads for longer completes this Future itself.
         if self._leasable and not self._leaseholder and not self._lease_wanted \
-                and me != self._thread.ident and self.link.take_role(blocking=False):
+                and me != self._thread.ident and self.link.take_role(timeout=ROLE_WAIT):
             try:
                 with self._sigint_held(me):
                     fut.add_done_callback(self._wake_reader)
