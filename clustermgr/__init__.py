@@ -32,6 +32,7 @@ from .errors import (  # noqa: E402
     ClusterError,
     DecodeError,
     LaunchError,
+    Preempted,
     ProcessExitedError,
     RemoteError,
     TopologyError,
@@ -42,22 +43,23 @@ from .errors import (  # noqa: E402
 from .pools import CachingPool, WorkerPool, default_worker_pool, remote  # noqa: E402
 
 if TYPE_CHECKING:  # the names below are imported on first use (see _LAZY)
+    from .adaptive import Adaptive, adapt
     from .aio import fetch_async, pmap_async, remotecall_async, spawnat_async
+    from .checkpoint import Checkpointable, Resume
     from .cluster import addprocs, configure, everywhere, interrupt, rmprocs, shutdown
     from .executor import ClusterExecutor, WorkerLostError
     from .mapping import imap, pmap, preduce
     from .session import Session, attach_session, list_sessions, resume_session, start_session
 
 __all__ = [
-    "AuthError", "CachingPool", "ChannelClosedError", "ClusterError", "ClusterExecutor", "DecodeError",
-    "Future",
-    "LaunchError", "ProcessExitedError", "RemoteChannel", "RemoteError", "Session", "TopologyError",
-    "WorkerLostError", "WorkerPool", "addprocs", "attach_session", "configure",
-    "default_worker_pool", "everywhere", "fetch", "fetch_async", "imap", "interrupt",
-    "list_sessions",
-    "myid", "nprocs", "nworkers", "pmap", "pmap_async", "preduce", "procs", "remote", "remote_do",
-    "remotecall", "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session",
-    "rmprocs", "shutdown", "spawnat", "spawnat_async", "start_session", "workers",
+    "Adaptive", "AuthError", "CachingPool", "ChannelClosedError", "Checkpointable", "ClusterError",
+    "ClusterExecutor", "DecodeError", "Future", "LaunchError", "Preempted", "ProcessExitedError",
+    "RemoteChannel", "RemoteError", "Resume", "Session", "TopologyError", "WorkerLostError",
+    "WorkerPool", "adapt", "addprocs", "attach_session", "configure", "default_worker_pool",
+    "everywhere", "fetch", "fetch_async", "imap", "interrupt", "list_sessions", "myid", "nprocs",
+    "nworkers", "pmap", "pmap_async", "preduce", "procs", "remote", "remote_do", "remotecall",
+    "remotecall_async", "remotecall_fetch", "remotecall_wait", "resume_session", "rmprocs",
+    "shutdown", "spawnat", "spawnat_async", "start_session", "workers",
 ]
 
 #: names imported on first use, so that a worker (which imports this package but needs
@@ -66,6 +68,8 @@ _LAZY = {
     **dict.fromkeys(["addprocs", "configure", "everywhere", "interrupt", "rmprocs", "shutdown"],
                     "cluster"),
     **dict.fromkeys(["imap", "pmap", "preduce"], "mapping"),
+    **dict.fromkeys(["Adaptive", "adapt"], "adaptive"),
+    **dict.fromkeys(["Checkpointable", "Resume"], "checkpoint"),
     **dict.fromkeys(["ClusterExecutor", "WorkerLostError"], "executor"),
     **dict.fromkeys(["fetch_async", "pmap_async", "remotecall_async", "spawnat_async"], "aio"),
     **dict.fromkeys(["Session", "attach_session", "list_sessions", "resume_session", "start_session"],

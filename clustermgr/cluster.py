@@ -137,6 +137,19 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
         n_or_manager, kwargs = _ssh_manager(n_or_manager, kwargs)
     opts = AddprocsOptions.parse(kwargs)
     manager = _manager_for(n_or_manager)
+    m, launches = start_workers(manager, opts)
+    joined = _await_joins(m, launches, opts.timeout, opts.min_workers)
+    if not opts.lazy and opts.topology == "all_to_all":
+        _verify_routes(joined)
+    return joined
+
+
+def start_workers(manager: ClusterManager, opts: AddprocsOptions,
+                  count: int | None = None) -> tuple[MasterNode, list[Launch]]:
+    """Have *manager* start its workers (*count* of them, when it is ``scalable``) and
+    return the master and one ``Launch`` per worker, without waiting for any to join
+    (a ``Launch`` gets its ``wid`` when its worker joins, or an ``error``).  ``addprocs``
+    waits on them; ``adapt`` watches them."""
     m = master()
     _set_topology(m, opts.topology)
     register_manager(manager)
@@ -152,7 +165,7 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
                       dict(opts.env), opts.python or getattr(manager, "python", None) or sys.executable,
                       list(opts.exeflags),
                       opts.enable_threaded_blas, m.on_process_exit, expect, m.on_running,
-                      m.encrypted)
+                      m.encrypted, count)
     try:
         for handle in manager.launch(spec):
             _attach_handle(m, manager, handle)
@@ -160,10 +173,7 @@ def addprocs(n_or_manager: int | ClusterManager | None = None, **kwargs: Any) ->
         _abandon(m, launches)
         raise LaunchError(f"{manager!r} failed to launch workers: {exc}",
                           joined=[done.wid for done in launches if done.wid]) from exc
-    joined = _await_joins(m, launches, opts.timeout, opts.min_workers)
-    if not opts.lazy and opts.topology == "all_to_all":
-        _verify_routes(joined)
-    return joined
+    return m, launches
 
 
 def _ssh_manager(machines: Sequence[Any], kwargs: dict[str, Any]) -> tuple[ClusterManager, dict]:
@@ -453,6 +463,9 @@ def _shutdown_now() -> None:
 def _close(n: MasterNode, tolerant: bool = False) -> None:
     """The end of a shutdown: every manager closes (kills what it started), the node stops.
     *tolerant* (at an interrupted exit): a manager that fails does not stop the others."""
+    from .adaptive import stop_all
+
+    stop_all()
     with _lock:
         managers, _managers[:] = list(_managers), []
     for manager in managers:
@@ -479,6 +492,9 @@ def shutdown() -> None:
                           "(process 1) removes workers; a worker leaves when the master removes it "
                           "(rmprocs) or ends", RuntimeWarning, stacklevel=2)
         return
+    from .adaptive import stop_all
+
+    stop_all()  # nothing is started or retired behind the shutdown's back
     ids = n.live_ids()
     if ids:
         rmprocs(ids, waitfor=_settings.shutdown_timeout)

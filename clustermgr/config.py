@@ -45,7 +45,8 @@ else:  # pragma: no cover - Python 3.10
 #: the section names, one per batch manager (``BatchManager.scheduler``, lowercased)
 SCHEDULERS = ("slurm", "pbs", "sge", "htcondor", "lsf", "drmaa", "kubernetes")
 OPTIONS = ("cores", "memory", "walltime", "queue", "account", "gpus", "job_name", "log_dir",
-           "env", "queue_timeout", "poll_interval", "python", "dir", "directives", "prologue", "flags")
+           "env", "queue_timeout", "poll_interval", "python", "dir", "directives", "prologue", "flags",
+           "preempt_signal")
 LISTS = ("directives", "prologue")
 TABLES = ("env", "flags")
 

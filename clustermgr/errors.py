@@ -59,16 +59,25 @@ class ProcessExitedError(ClusterError):
     ``worker_id`` names it; ``cause`` says what the runtime or its manager knows (exit
     code, signal, missed heartbeats, scheduler state); ``log_tail`` holds the last lines of
     its log when the manager keeps one.
+
+    ``infrastructure`` is non-empty when the worker was lost to the infrastructure, not
+    to the code it ran: its walltime, a preemption, a node failure, or its retirement by
+    ``adapt`` (it then names which).  Schedulers re-queue such calls without charging
+    the retries meant for errors of the code (``pmap``'s ``infra_retries``).
     """
 
-    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "") -> None:
-        super().__init__(worker_id, cause, log_tail)
+    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "",
+                 infrastructure: str = "") -> None:
+        super().__init__(worker_id, cause, log_tail, infrastructure)
         self.worker_id = worker_id
         self.cause = cause
         self.log_tail = log_tail
+        self.infrastructure = infrastructure
 
     def __str__(self) -> str:
         text = f"worker {self.worker_id} exited: {self.cause}"
+        if self.infrastructure:
+            text += f" [lost to the infrastructure: {self.infrastructure}]"
         if self.log_tail:
             text += "\n--- last lines of its log ---\n" + self.log_tail.rstrip()
         return text
@@ -110,3 +119,14 @@ class ChannelClosedError(ClusterError):
 class CallRevoked(ClusterError):
     """A call its scheduler withdrew before it started (to run it on a worker that is free):
     the pipelining schedulers (pmap, ClusterExecutor) send it elsewhere; users never see it."""
+
+
+class Preempted(BaseException):
+    """Raised into a running task when its worker is preempted and the task's
+    ``checkpoint()`` (see ``clustermgr.checkpoint``) returned ``resume``, the call to run in
+    its place.  A ``BaseException``, as ``KeyboardInterrupt``: an ``except Exception`` in the
+    task does not swallow it.  Schedulers run ``resume`` elsewhere; users never see it."""
+
+    def __init__(self, resume: object) -> None:
+        super().__init__(resume)
+        self.resume = resume

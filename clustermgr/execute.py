@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import serialize
 from .calls import ErrorPayload, error_frames
+from .checkpoint import task_frame
 from .errors import DecodeError
 from .protocol import Flag, Header, Kind, pack_header
 
@@ -48,6 +49,9 @@ def execute(node: Node, hdr: Header, frames: list) -> None:
         out, flags = _encode_value(node, value, hdr.src)
     flush_std()  # output the task wrote reaches the caller before its result
     node.send([pack_header(Kind.RESULT, flags, node.myid, hdr.src, ran, hdr.id), *out])
+
+
+task_frame(execute)  # a preempted worker finds the running call here (checkpoint.py)
 
 
 def run_local(node: Node, fut: Any, f: Callable, args: tuple, kwargs: dict) -> None:

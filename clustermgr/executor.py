@@ -43,7 +43,8 @@ from concurrent.futures import Future as CFuture
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
 
-from .errors import CallRevoked, DecodeError, ProcessExitedError, RemoteError, RemoteTraceback
+from .errors import CallRevoked, DecodeError, Preempted, ProcessExitedError, RemoteError, RemoteTraceback
+from .mapping import INFRA_RETRIES
 from .transport import Signal, current_node
 from .window import POLL, Window
 
@@ -74,8 +75,9 @@ except (AttributeError, RuntimeError):  # an older Python, or imported during sh
 class WorkerLostError(BrokenProcessPool, ProcessExitedError):
     """The worker running this task died; existing ``BrokenProcessPool`` handlers catch it."""
 
-    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "") -> None:
-        ProcessExitedError.__init__(self, worker_id, cause, log_tail)
+    def __init__(self, worker_id: int, cause: str = "unknown cause", log_tail: str = "",
+                 infrastructure: str = "") -> None:
+        ProcessExitedError.__init__(self, worker_id, cause, log_tail, infrastructure)
 
     def __str__(self) -> str:
         return ProcessExitedError.__str__(self)
@@ -93,12 +95,13 @@ def parse_bytes(value: int | str | None) -> int | None:
 
 
 class _Item:
-    __slots__ = ("future", "fn", "args", "kwargs", "running", "token")
+    __slots__ = ("future", "fn", "args", "kwargs", "running", "token", "lost")
 
     def __init__(self, future: CFuture, fn: Callable, args: tuple, kwargs: dict) -> None:
         self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
         self.running = False  # set_running_or_notify_cancel() said yes
         self.token = 0  # its call's token in the dispatcher's pipelining window
+        self.lost = 0  # times its worker died under it
 
 
 class ClusterExecutor(Executor):
@@ -114,6 +117,11 @@ class ClusterExecutor(Executor):
     - ``max_tasks_per_child``, ``max_memory_per_child`` (bytes or ``"2GB"``): recycle a
       worker after that many tasks, or once its RSS exceeds the limit after a task.
     - ``initializer(*initargs)`` runs on every worker the executor starts or adopts.
+    - ``adaptive=(minimum, maximum)`` (or a dict of ``adapt`` keywords with them): no
+      workers are started up front; ``adapt`` starts and retires *manager*'s workers with
+      the tasks waiting, and the executor runs on each as it joins.  A task whose worker
+      was lost to the infrastructure (walltime, preemption, retired) is sent again, up
+      to ``INFRA_RETRIES`` times, instead of failing.
     - Other keywords go to ``addprocs`` (``python``, ``env``, ``dir``, ``timeout``, ...).
     """
 
@@ -121,7 +129,8 @@ class ClusterExecutor(Executor):
                  workers: Iterable[int] | None = None, replace_workers: bool = True,
                  max_tasks_per_child: int | None = None, max_memory_per_child: int | str | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: tuple = (),
-                 mp_context: Any = None, **addprocs_kwargs: Any) -> None:
+                 mp_context: Any = None, adaptive: tuple[int, int] | dict[str, Any] | None = None,
+                 **addprocs_kwargs: Any) -> None:
         from .cluster import addprocs
 
         if max_workers is not None and max_workers <= 0:
@@ -159,8 +168,12 @@ class ClusterExecutor(Executor):
         self._outstanding = 0                     # futures not yet finished
         self._stop_when_idle = False
         self._stop_now = False
+        self._adaptive: Any = None
 
-        if workers is not None:
+        if adaptive is not None:
+            ids = []
+            self._max_workers = self._start_adaptive(adaptive, manager, workers)
+        elif workers is not None:
             ids = list(workers)
             if not ids:
                 raise ValueError("workers=[] gives the executor nothing to run on")
@@ -182,9 +195,34 @@ class ClusterExecutor(Executor):
         if self._listeners is not None:
             self._listeners.append(self._listener)
         weakref.finalize(self, _collected, self._events, self._owned, self._made,
-                         self._listeners, self._listener)
+                         self._listeners, self._listener, self._adaptive)
         _executors.add(self)
-        self._adopt(ids)
+        if ids:
+            self._adopt(ids)
+
+    def _start_adaptive(self, adaptive: Any, manager: Any, workers: Any) -> int:
+        """``adaptive=``: an ``adapt`` of *manager* (made by the factory when it is one);
+        its workers are adopted as they join (``joined`` events).  The most workers."""
+        from .adaptive import adapt, add_backlog
+
+        if workers is not None:
+            raise ValueError("adaptive= and workers= do not go together: adapt starts the workers")
+        if isinstance(adaptive, dict):
+            options = dict(adaptive)
+        elif isinstance(adaptive, (tuple, list)) and len(adaptive) == 2:
+            options = {"minimum": adaptive[0], "maximum": adaptive[1]}
+        else:
+            raise TypeError(f"adaptive= takes (minimum, maximum) or a dict of adapt() keywords, "
+                            f"not {adaptive!r}")
+        if manager is None or self._factory is not None:
+            manager = self._make(1)
+        self._adaptive = adapt(manager, **options, **self._addprocs_kwargs)
+        add_backlog(self)
+        return self._adaptive.maximum
+
+    def backlog(self) -> int:
+        """Tasks not sent to a worker yet (read by adapt)."""
+        return len(self._pending)
 
     @property
     def _executor_manager_thread(self) -> threading.Thread:
@@ -332,6 +370,8 @@ class ClusterExecutor(Executor):
                 self._finished(*what)
             elif kind == "adopted":
                 self._starting -= 1
+            elif kind == "joined":
+                self._joined(what)
             elif kind == "left" and what in self._inflight:
                 exc = getattr(current_node(), "dead", {}).get(what)
                 self._worker_gone(what, exc or ProcessExitedError(what, "it left the cluster"))
@@ -401,13 +441,16 @@ class ClusterExecutor(Executor):
                 self._break(self._broken)
                 return
             if not room:  # who has room, looked at once per round, not once per task
+                draining = getattr(current_node(), "draining", None) or ()
                 with self._lock:
                     room = {w: self._depth(w) - n for w, n in self._inflight.items()
-                            if w not in self._retiring}
+                            if w not in self._retiring and w not in draining}
                 room = {w: r for w, r in room.items() if r > 0}
                 if not room:
-                    if not self._inflight and not self._starting:
-                        self._break("every worker of the executor is gone and none can replace them")
+                    if not self._inflight and not self._starting and not self._will_grow():
+                        paused = self._adaptive.paused if self._adaptive is not None else ""
+                        self._break("every worker of the executor is gone and none can replace them"
+                                    + (f" (adapt: {paused})" if paused else ""))
                     return
             wid = min(room, key=lambda w: self._inflight.get(w, 0))
             item = self._pending.popleft()
@@ -454,6 +497,7 @@ class ClusterExecutor(Executor):
                 self._tasks_done[wid] += 1
             if self._retiring:
                 self._idle.notify_all()  # a retiring worker may now be free
+        restore = item.fn, item.args, item.kwargs
         item.fn = item.args = item.kwargs = None  # a finished task's inputs go at once
         over_memory = False
         try:
@@ -462,11 +506,22 @@ class ClusterExecutor(Executor):
                 value, rss = value
                 over_memory = rss > self._max_memory
         except ProcessExitedError as exc:
-            item.future.set_exception(WorkerLostError(exc.worker_id, exc.cause, exc.log_tail))
+            item.lost += 1
+            if exc.infrastructure and item.lost <= INFRA_RETRIES:  # not the task's doing
+                item.fn, item.args, item.kwargs = restore
+                self._pending.appendleft(item)
+            else:
+                item.future.set_exception(WorkerLostError(exc.worker_id, exc.cause, exc.log_tail,
+                                                          exc.infrastructure))
             self._worker_gone(wid, exc)
             return
         except RemoteError as exc:
-            item.future.set_exception(_unwrap(exc))
+            if isinstance(exc.__cause__, Preempted):  # its checkpoint: run that elsewhere
+                again = exc.__cause__.resume
+                item.fn, item.args, item.kwargs = again.fn, again.args, again.kwargs
+                self._pending.appendleft(item)
+            else:
+                item.future.set_exception(_unwrap(exc))
         except DecodeError as exc:  # the stdlib's pool breaks here; ours fails this task only
             item.future.set_exception(_broken_task(exc))
         except BaseException as exc:  # noqa: BLE001 - whatever it is, it belongs to the task
@@ -474,7 +529,7 @@ class ClusterExecutor(Executor):
         else:
             item.future.set_result(value)
         finally:
-            del fut, item
+            del fut, item, restore
         if over_memory:
             log.info("worker %d exceeded max_memory_per_child: recycling it", wid)
             self._recycle(wid)
@@ -512,12 +567,31 @@ class ClusterExecutor(Executor):
         if not known:
             return
         removed = "removed by rmprocs" in exc.cause
-        if self._shutdown or removed:
+        if self._shutdown or removed or exc.infrastructure:
             log.info("executor worker %d left (%s)", wid, exc.cause)
         else:
             log.warning("executor worker %d died (%s)", wid, exc.cause)
-        if not removed:
+        if not removed and self._adaptive is None:  # adapt replaces what it keeps
             self._replace_one()
+
+    def _will_grow(self) -> bool:
+        """Whether workers will still come (an adapt that may start them)."""
+        return self._adaptive is not None and self._adaptive.can_grow()
+
+    def _joined(self, wid: int) -> None:
+        """A worker joined the cluster: adopt it when our adapt started it."""
+        if self._adaptive is None or self._shutdown:
+            return
+        w = getattr(current_node(), "workers", {}).get(wid)
+        if w is None or w.launch is None or w.launch.manager is not self._adaptive.manager:
+            return
+        with self._lock:
+            self._owned.add(wid)
+        if self._initializer is None:
+            self._adopt([wid])
+        else:  # the initializer runs through everywhere(): not on the dispatcher
+            threading.Thread(target=self._adopt, args=([wid],), daemon=True,
+                             name="clustermgr-executor-adopt").start()
 
     def _replace_one(self) -> None:
         """Start a worker in place of one that died or retires (dispatcher thread).  After
@@ -549,13 +623,22 @@ class ClusterExecutor(Executor):
 
     def _release(self) -> None:
         _forget_listener(self._listeners, self._listener)
+        if self._adaptive is not None:
+            from .adaptive import remove_backlog
+
+            self._adaptive.stop()
+            remove_backlog(self)
         _release(self._owned, self._made)
 
 
 def _on_cluster_event(events: queue.SimpleQueue, kind: str, wid: int) -> None:
-    """A cluster listener (the master's I/O thread): a worker left or died."""
+    """A cluster listener (the master's I/O thread): a worker joined, or left or died."""
     if kind == "leave":
         events.put(("left", wid))
+    elif kind == "join":
+        events.put(("joined", wid))
+    elif kind == "ready":  # a draining worker takes calls again
+        events.put(("wake", None))
 
 
 def _forget_listener(listeners: list | None, listener: Any) -> None:
@@ -650,9 +733,11 @@ def _dispatch_loop(ref: weakref.ref[ClusterExecutor], events: _Events) -> None:
 
 
 def _collected(events: _Events, owned: set[int], made: list[Any],
-               listeners: list | None, listener: Any) -> None:
+               listeners: list | None, listener: Any, adaptive: Any = None) -> None:
     """The executor was garbage collected without shutdown: end what it started."""
     _forget_listener(listeners, listener)
+    if adaptive is not None:
+        adaptive.stop()
     events.put(("stop", None))
     if owned or made:
         threading.Thread(target=_release, args=(owned, made), daemon=True,

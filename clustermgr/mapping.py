@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .calls import ErrorPayload, Future, check_timeout, get_node, local_error, remotecall
-from .errors import CallRevoked, ClusterError, ProcessExitedError, RemoteError
+from .errors import CallRevoked, ClusterError, Preempted, ProcessExitedError, RemoteError
 from .pools import FunctionCache, WorkerPool, default_worker_pool
 from .transport import Signal
 from .window import POLL, Window
@@ -33,6 +33,11 @@ AUTO_MAX_BATCH = 8192
 #: a pmap item whose worker died this many times while running it alone is not retried
 #: again, whatever ``retry_delays`` allows (it would take every fresh worker with it)
 MAX_ITEM_DEATHS = 3
+#: how many times an item lost to the infrastructure (walltime, preemption, a node
+#: failure, a worker retired by adapt) is sent again, on top of its ``retry_delays``
+INFRA_RETRIES = 5
+#: with no worker yet and an adapt that will start some, pmap looks this often
+WAIT_FOR_WORKERS = 0.05
 
 
 class _Failed:
@@ -63,7 +68,8 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
          batch_size: int | str = 1, distributed: bool = True,
          on_error: Callable[[BaseException], Any] | None = None,
          retry_delays: Iterable[float] = (), retry_check: Callable[[BaseException], bool] | None = None,
-         progress: bool | str = False, timeout: float | None = None) -> list[Any]:
+         progress: bool | str = False, timeout: float | None = None,
+         expected_duration: float | None = None, infra_retries: int = INFRA_RETRIES) -> list[Any]:
     """``[f(*args) for args in zip(*iterables)]`` computed on the workers of *pool*.
 
     batch_size: items per call, or "auto" (large batches for many items).
@@ -80,8 +86,16 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
         item's place.  Without it, the first final failure is raised.  Either way the
         exception is a ``RemoteError`` (what ``f`` raised is its ``__cause__``) or a
         ``ProcessExitedError``, with ``distributed`` True or False alike.
+    infra_retries: how many times an item whose worker was lost to the infrastructure
+        (``ProcessExitedError.infrastructure``: its walltime ran out, it was preempted,
+        its node failed, adapt retired it) is sent again at once, without using up
+        ``retry_delays`` (those are for errors of the code).  Default ``INFRA_RETRIES``.
+    expected_duration: seconds each item may run; an item goes only to a worker with
+        that much walltime left (see ``adapt``), and a map no worker could ever take
+        fails at once.
     distributed=False: run in this process (same retry and error semantics).
-    timeout: seconds for the whole map (``TimeoutError``).
+    timeout: seconds for the whole map (``TimeoutError``).  With no worker in the
+        cluster and an ``adapt`` that may start some, pmap waits for them (within it).
     progress: True shows a tqdm bar (done, failed, retried, ETA) when stderr is a terminal;
         "always" shows it anywhere.
     """
@@ -97,7 +111,34 @@ def pmap(f: Callable, *iterables: Iterable, pool: WorkerPool | None = None,
         return _local_map(f, items if star else [(x,) for x in items], delays, retry_check, on_error)
     p = pool if pool is not None else default_worker_pool()  # an empty pool is not None
     size = _batch_size(batch_size, len(items), max(1, len(p.workers())))
-    return _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout, star).run()
+    if isinstance(infra_retries, bool) or not isinstance(infra_retries, int) or infra_retries < 0:
+        raise ValueError(f"infra_retries must be an int >= 0, not {infra_retries!r}")
+    if expected_duration is not None:
+        _check_duration(expected_duration, p.workers())
+    run = _PMap(f, items, p, size, delays, retry_check, on_error, progress, timeout, star)
+    run.expected, run.infra_retries = expected_duration, infra_retries
+    return run.run()
+
+
+def _check_duration(seconds: float, ids: list[int]) -> None:
+    """Fail at once when no worker has *seconds* left and no adapt can start one that
+    would."""
+    from .adaptive import longest_walltime
+
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"expected_duration must be a number of seconds > 0, not {seconds!r}")
+    node = get_node()
+    left = [node.time_left(w) for w in ids]
+    if any(t >= seconds for t in left):
+        return
+    longest = longest_walltime()
+    if longest is not None and longest >= seconds:
+        return
+    have = f"the workers have at most {max(left):.0f} s left" if left else "there is no worker"
+    could = ("" if longest is None else
+             f", and the workers adapt can start run at most {longest:.0f} s after draining")
+    raise ValueError(f"no worker can run a task of expected_duration={seconds} s: {have}{could}; "
+                     "ask for a longer walltime (walltime=...), or split the task")
 
 
 def _check_args(name: str, f: Any, iterables: tuple, **callbacks: Any) -> None:
@@ -197,8 +238,19 @@ class _PMap:
             self.bar = progress_bar(len(items), "pmap", progress)
         self.failed = self.retried = 0
         self._seq = 0
+        self.expected: float | None = None  # expected_duration
+        self.infra_retries = INFRA_RETRIES
+        self.infra: dict[int, int] = {}  # item -> times lost to the infrastructure
+        self.resume: dict[int, Any] = {}  # item -> the Resume its checkpoint gave (preempted)
+
+    def backlog(self) -> int:
+        """Calls not sent yet (read by adapt)."""
+        return len(self.todo) + len(self.retry_todo) + len(self.retries)
 
     def run(self) -> list[Any]:
+        from . import adaptive
+
+        adaptive.add_backlog(self)
         try:
             # This thread reads the results itself, and the calls it sends in one go
             # travel several to a message (BUNDLE), each still a call of its own.
@@ -211,6 +263,7 @@ class _PMap:
                         self._handle(self.done_q.get_nowait())
             return self.results
         finally:
+            adaptive.remove_backlog(self)
             if self.own_cache:
                 self.shipped.clear()
             if self.bar is not None:
@@ -221,8 +274,23 @@ class _PMap:
         while self.retries and self.retries[0][0] <= now:
             self.retry_todo.append(heapq.heappop(self.retries)[2])
         ids = self.pool.workers()
+        if self.expected is not None:
+            ids = [w for w in ids if self.node.time_left(w) >= self.expected]
+        if not ids or ids == [1]:  # no worker: workers() is [1], as in Julia
+            from .adaptive import expect_workers
+
+            if expect_workers():
+                self._ids = []
+                return  # adapt is starting some (_next_completion looks again)
         if not ids:
-            raise ClusterError("pmap: every worker of the pool is gone")
+            if self.expected is not None and self.pool.workers():
+                raise ClusterError(f"pmap: no worker has expected_duration={self.expected} s of "
+                                   "walltime left, and no adapt can start one")
+            from .adaptive import paused_reasons
+
+            paused = paused_reasons()
+            raise ClusterError("pmap: every worker of the pool is gone" + (
+                f", and adapt starts none: {paused}" if paused else ""))
         if ids != self._ids:  # joined or gone: look at every worker again
             for wid in list(self.inflight):
                 if wid not in ids:
@@ -283,7 +351,10 @@ class _PMap:
     def _send(self, batch: Sequence[int], wid: int) -> None:
         fn = self.shipped.ref(self.f, wid)
         try:
-            if len(batch) == 1:  # one item: f itself is the call
+            if len(batch) == 1 and batch[0] in self.resume:  # preempted: from its checkpoint
+                again = self.resume[batch[0]]
+                fut = remotecall(again.fn, wid, *again.args, **again.kwargs)
+            elif len(batch) == 1:  # one item: f itself is the call
                 item = self.items[batch[0]]
                 fut = remotecall(fn, wid, *item) if self.star else remotecall(fn, wid, item)
             else:
@@ -312,6 +383,8 @@ class _PMap:
             wait = left if wait is None else min(wait, left)
         if not self.todo and not self.retry_todo:  # the tail: look again for batches to move
             wait = POLL if wait is None else min(wait, POLL)
+        elif not self._ids or not self.inflight:  # waiting for workers (adapt starts them)
+            wait = WAIT_FOR_WORKERS if wait is None else min(wait, WAIT_FOR_WORKERS)
         # Wait through the node, not on the queue: on a worker's main thread (a nested
         # pmap) the node keeps running calls meanwhile, so two workers that pmap onto each
         # other cannot deadlock.
@@ -338,6 +411,9 @@ class _PMap:
         try:
             values = fut.fetch()
         except (RemoteError, ProcessExitedError) as exc:
+            if isinstance(exc.__cause__, Preempted) and len(batch) == 1:
+                self.resume[batch[0]] = exc.__cause__.resume  # run from its checkpoint
+                exc = ProcessExitedError(wid, "its worker was preempted", "", "it was preempted")
             self._failed_batch(batch, exc, wid, alone=out == 1)
             return
         if len(batch) == 1:
@@ -359,6 +435,10 @@ class _PMap:
         its calls; its death is charged to an item only when the item was all it held
         (then it was running it); items it held with others become suspects (see
         ``suspects``), so that a poison item is found by its next death."""
+        if isinstance(exc, ProcessExitedError) and exc.infrastructure:
+            for i in batch:  # not the items' doing: nobody is suspected or charged
+                self._failed_item(i, exc, wid)
+            return
         died = isinstance(exc, ProcessExitedError)
         charged = died and alone and len(batch) == 1 and wid not in self.dead
         if died:
@@ -371,6 +451,17 @@ class _PMap:
     def _failed_item(self, i: int, exc: BaseException, wid: int, alone: bool = False) -> None:
         attempt = self.attempts[i]
         self.failed_on.setdefault(i, set()).add(wid)
+        if isinstance(exc, ProcessExitedError) and exc.infrastructure:
+            lost = self.infra[i] = self.infra.get(i, 0) + 1
+            if lost <= self.infra_retries:  # again at once, no retry of the code used up
+                self.retried += 1
+                self._seq += 1
+                heapq.heappush(self.retries, (time.monotonic(), self._seq, [i]))
+                self._show()
+                return
+            exc = ProcessExitedError(exc.worker_id, f"{exc.cause}; item {i} was lost to the "
+                                     f"infrastructure {lost} times (infra_retries={self.infra_retries})",
+                                     exc.log_tail, exc.infrastructure)
         if alone and isinstance(exc, ProcessExitedError):
             self.deaths[i] = self.deaths.get(i, 0) + 1
             if self.deaths[i] >= MAX_ITEM_DEATHS:  # a poison item: no fresh worker for it

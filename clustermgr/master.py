@@ -10,6 +10,7 @@ otherwise; "I/O thread" below means that reader.  Other threads send directly (`
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -36,6 +37,14 @@ _MID = slice(12, 20)
 _REQUESTS = (Kind.CALL, Kind.FETCH, Kind.CHANNEL)
 #: While launched workers are still joining, membership goes out at most this often.
 MEMBERS_EVERY = 0.1
+#: A worker that dies this close to its job's end time (or after it) ran out of walltime
+#: (or 5 % of its walltime, when that is less).
+WALLTIME_SLACK = 10.0
+#: scheduler states (in a job's end cause) that mean the infrastructure ended it
+_INFRA_STATES = re.compile(r"\b(TIMEOUT|PREEMPTED|NODE_FAIL|BOOT_FAIL|DEADLINE)\b")
+_INFRA_STATES_SAY = {"TIMEOUT": "its walltime ran out", "PREEMPTED": "it was preempted",
+                     "NODE_FAIL": "its node failed", "BOOT_FAIL": "its node failed to boot",
+                     "DEADLINE": "its job reached its deadline"}
 
 
 @dataclass
@@ -60,6 +69,7 @@ class WorkerInfo:
     last_seen: float
     state: str = "up"  # up | removing | dead
     gone: threading.Event = field(default_factory=threading.Event)
+    joined_at: float = field(default_factory=time.monotonic)
 
     @property
     def manager(self) -> ClusterManager | None:
@@ -100,13 +110,21 @@ class MasterNode(Node):
         self.launches: dict[str, Launch] = {}
         self.dead: dict[int, ProcessExitedError] = {}
         self.load: dict[int, int] = {}
+        # worker -> when its last call in flight finished (read by adapt: idle how long)
+        self.idle_at: dict[int, float] = {}
+        # Workers that get no new calls (pmap, executor, the default pool, remotecall's
+        # choice): being retired, or near their walltime.  worker -> why.  Set by adapt.
+        self.draining: dict[int, str] = {}
+        # Workers whose end is the infrastructure's doing: worker -> what (their calls then
+        # fail with ProcessExitedError.infrastructure set; see infrastructure_loss)
+        self.retired: dict[int, str] = {}
         self.joined = threading.Condition()
         self._next_wid = 2
         self.announced = 1  # the highest id every worker has been told of (under joined)
         self._last_beat = 0.0
         self._rr = 0
         self._pool: ThreadPoolExecutor | None = None
-        self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave", wid)
+        self.listeners: list[Callable[[str, int], None]] = []  # ("join"|"leave"|"ready", wid)
         self.plain_output: set[int] = set()  # workers whose output is shown as is
         shm.sweep()  # segments of clustermgr processes killed before (shm.py)
 
@@ -151,7 +169,7 @@ class MasterNode(Node):
         super().track(fut, target)
 
     def least_busy(self) -> int:
-        ids = self.live_ids()
+        ids = [w for w in self.live_ids() if w not in self.draining] or self.live_ids()
         if not ids:
             raise ClusterError("no workers; start some with addprocs()")
         self._rr += 1
@@ -226,7 +244,10 @@ class MasterNode(Node):
     def _on_result(self, hdr: Header, frames: list) -> None:
         entry = self.pending.get(hdr.ref)
         if entry is not None:
-            self.load[entry[1]] = self.load.get(entry[1], 1) - 1
+            wid = entry[1]
+            left = self.load[wid] = self.load.get(wid, 1) - 1
+            if left <= 0:
+                self.idle_at[wid] = time.monotonic()
         super()._on_result(hdr, frames)
 
     def _reject(self, identity: bytes, why: str) -> None:
@@ -374,6 +395,8 @@ class MasterNode(Node):
             text = bytes(getattr(frames[1], "buffer", frames[1])).decode(errors="replace")
             self.settings.emit(hdr.src, text, "stderr" if hdr.flags & Flag.STDERR else "stdout",
                                hdr.src in self.plain_output)
+        elif hdr.kind == Kind.PREEMPT and w is not None:
+            self._preempted(w, frames)
         elif hdr.kind == Kind.BYE and w is not None:
             cause = "removed by rmprocs" if w.state == "removing" else "the worker left the cluster"
             self.declare_dead(w.id, cause, exited=w.launch is None)
@@ -438,9 +461,11 @@ class MasterNode(Node):
             w.gone.set()
         self.by_identity.pop(w.identity, None)
         self.departed[w.identity] = wid
-        exc = ProcessExitedError(wid, cause, log_tail)
+        exc = ProcessExitedError(wid, cause, log_tail, self.infrastructure_loss(w, cause))
         self.dead[wid] = exc
         self.load.pop(wid, None)
+        self.idle_at.pop(wid, None)
+        self.draining.pop(wid, None)
         self.plain_output.discard(wid)
         payload = P.dump_json({"id": wid, "cause": cause})
         for other in self.workers.values():
@@ -455,6 +480,44 @@ class MasterNode(Node):
             self.joined.notify_all()
         self.fail_target(wid, exc)
         log.info("worker %d is gone: %s", wid, cause)
+
+    def _preempted(self, w: WorkerInfo, frames: list) -> None:
+        """A worker got its scheduler's preemption warning: it takes no new calls (it hands
+        back those not started, and leaves when its running task ends); its end is the
+        infrastructure's."""
+        try:
+            sig = str(P.load_json(frames[1]).get("signal", "?"))[:16]
+        except Exception:  # noqa: BLE001 - a notice, whatever it says
+            sig = "?"
+        log.warning("worker %d got its scheduler's preemption warning (%s): it takes no new "
+                    "tasks and leaves when its running one ends", w.id, sig)
+        self.draining[w.id] = "preempted"
+        self.retired[w.id] = f"it was preempted ({sig})"
+        for listener in list(self.listeners):
+            listener("preempted", w.id)
+
+    def infrastructure_loss(self, w: WorkerInfo, cause: str) -> str:
+        """What of the infrastructure ended *w*, or "" when nothing says so: a retirement
+        (``retired``), a scheduler's state that is the infrastructure's (walltime,
+        preemption, node failure), or a death at the end of its walltime."""
+        if w.id in self.retired:
+            return self.retired[w.id]
+        match = _INFRA_STATES.search(cause)
+        if match:
+            return _INFRA_STATES_SAY[match.group(1)]
+        wall = w.launch.manager.walltime_seconds if w.launch is not None else None
+        if self.time_left(w.id) < min(WALLTIME_SLACK, 0.05 * wall if wall else WALLTIME_SLACK):
+            return "its walltime ran out"
+        return ""
+
+    def time_left(self, wid: int) -> float:
+        """Seconds until the scheduler ends worker *wid* (its manager's ``ends_at``);
+        ``inf`` when nothing ends it.  Any thread."""
+        w = self.workers.get(wid)
+        if w is None or w.launch is None or w.launch.handle is None:
+            return float("inf")
+        end = w.launch.manager.ends_at(w.launch.handle)
+        return float("inf") if end is None else end - time.time()
 
     def _broadcast_members(self) -> None:
         """Membership changed: tell every worker once the ready messages are handled; while

@@ -20,7 +20,7 @@ from typing import Any
 import cloudpickle
 
 from . import serialize
-from .calls import Future, remotecall
+from .calls import Future, get_node, remotecall
 from .errors import ClusterError
 
 _FN_CACHE: dict[str, Callable] = {}
@@ -30,10 +30,16 @@ _pool_ids = itertools.count(1)
 
 def _alive(wid: int) -> bool:
     """A pool member that can still run calls: the master always can (a pool of ``[1]``
-    runs on the master), a worker while it is in the cluster."""
+    runs on the master), a worker while it is in the cluster and not draining (``adapt``
+    retires it, or its walltime nears)."""
     from .cluster import procs
 
-    return wid in procs()
+    return wid in procs() and wid not in _draining()
+
+
+def _draining() -> dict[int, str]:
+    """The master's draining workers (none seen from a worker)."""
+    return getattr(get_node(), "draining", None) or {}
 
 
 class WorkerPool:
@@ -265,6 +271,9 @@ class _DefaultPool(WorkerPool):
         from .cluster import workers
 
         current = workers()
+        draining = _draining()
+        if draining:
+            current = [w for w in current if w not in draining]
         with self._cond:
             if current == self._ids:  # the common case: nobody joined or left
                 return list(current)
@@ -274,6 +283,8 @@ class _DefaultPool(WorkerPool):
                     self._ids.append(wid)
                     self._free.append(wid)
             self._ids = [w for w in self._ids if w in live]
+            if any(w not in live for w in self._free):  # the master (no workers then), or the dead
+                self._free = collections.deque(w for w in self._free if w in live)
             return list(self._ids)
 
     def take(self, timeout: float | None = None) -> int:

@@ -87,6 +87,7 @@ class Kind(enum.IntEnum):
     REFS = 27          # reference counts for objects the receiver owns (JSON, refs.py)
     REVOKE = 28        # withdraw a CALL the receiver holds unstarted (ref = the CALL's id)
     BUNDLE = 29        # several messages of one sender to one receiver, as header/body pairs
+    PREEMPT = 30       # a worker got its scheduler's preemption warning (JSON: the signal)
 
 
 class Flag:

@@ -424,6 +424,11 @@ class Node(abc.ABC):
         """The error for calls to *wid* when it is known to be dead, else None."""
         return None
 
+    def time_left(self, wid: int) -> float:
+        """Seconds until *wid*'s scheduler ends it; the master knows (its managers'
+        ``ends_at``), elsewhere ``inf``."""
+        return float("inf")
+
     def block_until(self, fut: Future, timeout: float | None) -> bool:
         """Wait for *fut*; the worker's main thread overrides this to keep serving calls.
         The thread inside :meth:`reading` reads the link while it waits; on the master, a

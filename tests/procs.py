@@ -32,3 +32,14 @@ def watch(pids: list[int]) -> Iterator[Watch]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def until(check, timeout: float = 60.0, every: float = 0.1) -> None:
+    """Wait until *check()* is true: for a state only polling can see (a scheduler's
+    queue, an adapt's counts); fails the test after *timeout* seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {check}"
+        time.sleep(every)

@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from backends import start
+from procs import until
 
 import clustermgr as cm
 from clustermgr.managers.sge import SGEManager
@@ -20,13 +20,6 @@ from clustermgr.managers.slurm import SlurmManager
 from clustermgr.session import attach_session, list_sessions, start_session
 
 CLI = str(Path(sys.executable).with_name("clustermgr"))
-
-
-def until(check, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)  # the scheduler's state is polled: no event to wait on
 
 
 def launch_in_background(manager):

@@ -14,6 +14,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
+from procs import until
 
 import clustermgr as cm
 from clustermgr.session import SessionError, TaskFailure, attach_session, list_sessions, start_session
@@ -212,6 +213,21 @@ def test_idle_workers_are_released_and_come_back_for_new_work(home):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert s.result(s.submit(abs, -2), timeout=120) == 2  # workers start again
+    s.end()
+
+
+def test_an_adaptive_session_grows_with_its_tasks_and_lets_idle_workers_go(home):
+    s = start_session(adaptive=dict(minimum=0, maximum=2, idle_timeout=1.0, wait=0.2, interval=0.1))
+    assert s._request("ping")["workers"] == []  # no task, no worker
+    ids = s.map(slow_square, range(200))
+    results = s.collect(wait=True, timeout=120)
+    assert [results[i] for i in ids] == [x * x for x in range(200)]
+    until(lambda: s._request("ping")["workers"] == [], timeout=60)  # idle: retired
+    kinds = [e["kind"] for e in s.events()]
+    assert "adapting" in kinds and kinds.count("worker joined") == 2
+    with pytest.raises(Exception, match="adapts its workers"):
+        s.scale(3)
+    assert s.result(s.submit(abs, -2), timeout=120) == 2  # it grows again
     s.end()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from backends import start
+from procs import until
 
 import clustermgr as cm
 from clustermgr import LaunchError, ProcessExitedError
@@ -140,3 +141,41 @@ def test_function_forms(fresh, sge):
     ids = addprocs_sge(1, timeout=60, poll_interval=0.5) + addprocs_qrsh(1, timeout=60)
     assert len(ids) == 2 and all(j.isdigit() for j in cm.everywhere(lambda: os.environ["JOB_ID"]))
     cm.rmprocs(ids)
+
+
+# --- adapt on the real Grid Engine (the rules themselves: test_adaptive.py) -----------------
+
+def nap(seconds):
+    time.sleep(seconds)
+    return cm.myid()
+
+
+def test_adapt_grows_from_zero_with_the_load_and_back_when_idle(fresh, sge):
+    a = cm.adapt(SGEManager(1, poll_interval=0.5), 0, 2, idle_timeout=3, wait=0.5, interval=0.5)
+    where = cm.pmap(nap, [0.5] * 16)
+    assert 1 not in where and a.stats.joined == 2
+    assert a.stats.submissions == 1 and a.stats.workers_requested == 2  # one array of 2
+    until(lambda: a.workers() == [] and not our_jobs(), timeout=60)
+    assert a.stats.retired == 2 and a.stats.cancelled == 0
+    a.stop()
+
+
+def test_adapt_drains_and_replaces_workers_before_their_h_rt(fresh, sge):
+    # h_rt of one minute (the manager's walltime), a map of 80 s of work on 2 workers, no
+    # retry_delays: each worker is drained before its end and replaced in time
+    m = SGEManager(1, walltime="0:1:0", poll_interval=0.5)
+    assert m.walltime_seconds == 60
+    a = cm.adapt(m, 2, 2, drain=15, interval=0.5)
+    until(lambda: len(a.workers()) == 2, timeout=60)
+    first = a.workers()
+    where = cm.pmap(nap, [1.0] * 160, retry_delays=())
+    assert len(where) == 160
+    draining = cm.cluster.master().draining
+    assert a.stats.drained >= 2 and all(w not in a.workers() or w in draining for w in first)
+    a.stop()
+    cm.shutdown()
+    until(lambda: not our_jobs(), timeout=60)
+
+
+def our_jobs():
+    return subprocess.run(["qstat", "-u", getpass.getuser()], capture_output=True, text=True).stdout.strip()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from backends import start
+from procs import until
 
 import clustermgr as cm
 from clustermgr import LaunchError, ProcessExitedError
@@ -221,3 +222,100 @@ def test_submit_from_a_missing_folder_says_so(tmp_path):
 
     with pytest.raises(LaunchError, match="working folder .*/gone does not exist"):
         run_command(["true"], cwd=str(tmp_path / "gone"))
+
+
+# --- adapt on the real Slurm (the rules themselves: test_adaptive.py) -----------------------
+
+def nap(seconds):
+    time.sleep(seconds)
+    return cm.myid()
+
+
+def test_walltime_parsing_as_slurm_reads_it():
+    m = SlurmManager(1)
+    assert [m.parse_walltime(t) for t in ("5", "5:30", "1:00:00", "2-3", "1-00:00:10", None)] == \
+        [300, 330, 3600, 2 * 86400 + 3 * 3600, 86410, None]
+    assert SlurmManager(1, walltime="00:10:00").walltime_seconds == 600
+
+
+def test_adapt_grows_from_zero_with_the_load_and_back_when_idle(fresh, slurm, tmp_path):
+    m = SlurmManager(1, poll_interval=0.5, log_dir=str(tmp_path))
+    a = cm.adapt(m, 0, 3, idle_timeout=3, wait=0.5, interval=0.5)
+    where = cm.pmap(nap, [0.5] * 24)
+    assert 1 not in where and a.stats.joined == 3
+    assert a.stats.submissions == 1 and a.stats.workers_requested == 3  # one array of 3
+    until(lambda: a.workers() == [] and our_jobs() == [], timeout=60)
+    assert a.stats.retired == 3 and a.stats.cancelled == 0
+    a.stop()
+
+
+def test_adapt_cancels_a_job_still_pending_when_the_work_is_done(fresh, slurm, tmp_path):
+    # two 6-CPU workers on an 8-CPU node: one runs, the other pends (Resources) until the
+    # burst is over; then it is cancelled, not left in the queue
+    m = SlurmManager(1, cores=6, poll_interval=0.5, log_dir=str(tmp_path))
+    a = cm.adapt(m, 0, 2, idle_timeout=3, wait=0.5, interval=0.5)
+    assert len(cm.pmap(nap, [0.5] * 12)) == 12
+    assert a.stats.submissions == 1 and a.stats.workers_requested == 2 and a.stats.joined == 1
+    until(lambda: our_jobs() == [], timeout=60)
+    assert a.stats.cancelled == 1 and a.stats.retired == 1
+    a.stop()
+
+
+def test_adapt_drains_and_replaces_workers_before_their_walltime(fresh, slurm, tmp_path):
+    # 1-minute jobs, a map of 80 s of work on 2 workers, no retry_delays: every worker is
+    # drained before Slurm's end time and replaced in time; no result is lost, no retry used
+    m = SlurmManager(1, walltime="1", poll_interval=0.5, log_dir=str(tmp_path))
+    a = cm.adapt(m, 2, 2, drain=15, interval=0.5)
+    until(lambda: len(a.workers()) == 2, timeout=60)
+    first = a.workers()
+    assert all(0 < cm.cluster.master().time_left(w) <= 60 for w in first)  # Slurm's EndTime
+    where = cm.pmap(nap, [1.0] * 160, retry_delays=())
+    assert len(where) == 160
+    draining = cm.cluster.master().draining
+    assert a.stats.drained >= 2 and all(w not in a.workers() or w in draining for w in first)
+    a.stop()
+    cm.shutdown()
+    until(lambda: our_jobs() == [], timeout=60)
+
+
+class Marked(cm.Checkpointable):
+    """Counts *n* steps of 50 ms, keeping its progress on itself; writes which worker it
+    started on to *path* (so the test knows whom to signal)."""
+
+    def __init__(self, path):
+        self.path, self.done, self.where = str(path), 0, []
+
+    def __call__(self, n):
+        self.where.append(cm.myid())
+        if len(self.where) == 1:
+            Path(self.path).write_text(str(cm.myid()))
+        while self.done < n:
+            time.sleep(0.05)
+            self.done += 1
+        return self.done, self.where
+
+
+def test_scancel_signal_drains_the_worker_and_its_task_resumes_from_its_checkpoint(fresh, slurm, tmp_path):
+    import threading
+
+    m = SlurmManager(2, preempt_signal="USR1", preempt_warning=60, poll_interval=0.5,
+                     log_dir=str(tmp_path / "logs"))
+    assert "#SBATCH --signal=B:USR1@60" in m.job_script()
+    ids = cm.addprocs(m)
+    jobs = dict(zip(ids, cm.everywhere(lambda: "{SLURM_ARRAY_JOB_ID}_{SLURM_ARRAY_TASK_ID}".format(
+        **os.environ)), strict=True))  # asked now: a worker running a task answers after it
+    out = []
+    runner = threading.Thread(target=lambda: out.extend(cm.pmap(Marked(tmp_path / "started"), [200],
+                                                                 retry_delays=())))
+    runner.start()
+    until(lambda: (tmp_path / "started").exists())
+    first = int((tmp_path / "started").read_text())
+    subprocess.run(["scancel", "--batch", "--signal=USR1", jobs[first]], check=True)
+    runner.join(60)
+    [(steps, where)] = out
+    assert steps == 200 and where[0] == first and len(where) == 2  # resumed, not restarted
+    until(lambda: first not in cm.workers())  # it left once its task was handed over
+    assert cm.cluster.master().dead[first].infrastructure == "it was preempted (SIGUSR1)"
+    cm.shutdown()
+    until(lambda: our_jobs() == [], timeout=60)
+

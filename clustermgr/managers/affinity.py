@@ -86,6 +86,8 @@ class LocalAffinityManager(LocalManager):
         ``CUDA_VISIBLE_DEVICES`` (one per worker).
     """
 
+    scalable = False  # each worker has its own CPUs, by index: a second launch would reuse them
+
     def __init__(self, np: int | None = None, mode: AffinityMode = AffinityMode.BALANCED,
                  affinities: Sequence[int | Sequence[int]] | None = None, *,
                  cores_per_worker: int = 1, gpus: int | Sequence[int] | None = None) -> None:

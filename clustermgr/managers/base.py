@@ -30,7 +30,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -73,6 +73,9 @@ class LaunchSpec:
     expect: Callable[[str], None] = field(repr=False, default=lambda launch_id: None)
     on_running: Callable[[WorkerHandle], None] = field(repr=False, default=lambda handle: None)
     encrypt: bool = False
+    #: workers to start this time, instead of the manager's own ``np`` (``adapt`` sets it;
+    #: only managers with ``scalable = True`` honour it)
+    count: int | None = None
 
     def argv(self) -> list[str]:
         """The worker command line.  It carries no secret."""
@@ -98,6 +101,23 @@ class LaunchSpec:
 
 class ClusterManager(ABC):
     """Base of every back end; see the module docstring for the call contract."""
+
+    #: ``launch`` starts ``spec.count`` workers when it is set (see :meth:`how_many`), so
+    #: ``adapt`` can grow the manager's workers a job at a time
+    scalable: ClassVar[bool] = False
+    #: the manager's walltime parsed, in seconds, when it has one (batch managers)
+    walltime_seconds: float | None = None
+
+    def how_many(self, spec: LaunchSpec) -> int:
+        """How many workers this ``launch`` starts: ``spec.count`` when given, else ``np``."""
+        return spec.count if spec.count is not None else getattr(self, "np", 1)
+
+    def ends_at(self, handle: WorkerHandle) -> float | None:
+        """When the worker of *handle* will be ended by its scheduler (``time.time()``
+        seconds), if known: the scheduler's own end time, else its start plus the manager's
+        walltime.  Read by ``adapt`` (to drain and replace it in time) and by schedulers
+        placing tasks that say how long they run.  Default: never."""
+        return None
 
     @abstractmethod
     def launch(self, spec: LaunchSpec) -> Iterable[WorkerHandle]:

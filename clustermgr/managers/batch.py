@@ -108,6 +108,7 @@ class BatchHandle(WorkerHandle):
     state: str = ""         # the scheduler's own word (PENDING, RUNNING, CANCELLED, ...)
     reason: str = ""        # why it pends, when the scheduler says
     submitted: float = 0.0
+    running_at: float = 0.0  # time.time() when it was first seen running
     ended: bool = False
     worker_id: int | None = None  # once it joined
     cause: str = ""               # how it ended, once it did
@@ -138,10 +139,15 @@ class BatchManager(ClusterManager):
     use_array: one array job for the N workers (one submission), or one job each
         (default: the scheduler's preference).
     throttle: without arrays, submissions in flight at once.
+    preempt_signal: the signal the scheduler sends as its preemption (or walltime)
+        warning, e.g. ``"USR1"``: a worker that gets it tells the master, takes no new
+        tasks, hands back those not started, checkpoints its running task when the task
+        offers ``checkpoint()`` (``clustermgr.checkpoint``), and leaves once idle.
     """
 
     scheduler: ClassVar[str] = "batch"
     directive: ClassVar[str] = "#"
+    scalable = True
     job_id_regexp: ClassVar[str] = r"(?P<job_id>\d+)"
     array_index_var: str = ""  # a PBS manager picks it per dialect
     #: ``{option: directive template}`` for the common options that map one to one
@@ -154,6 +160,10 @@ class BatchManager(ClusterManager):
     queue_timeout_name: ClassVar[str] = "queue_timeout"
     #: submit errors that no retry can fix (a usage error): a regular expression
     fatal_submit_errors: ClassVar[str] = ""
+    #: how the scheduler reads a walltime: the unit of a bare number (Slurm and LSF:
+    #: minutes) and of a two-part ``A:B`` (Slurm: minutes:seconds; LSF: hours:minutes)
+    walltime_unit: ClassVar[float] = 1.0
+    walltime_pair: ClassVar[tuple[float, float]] = (60.0, 1.0)
 
     def __init__(self, np: int, *, cores: int | None = None, memory: str | None = None,
                  walltime: str | None = None, queue: str | None = None, account: str | None = None,
@@ -162,7 +172,8 @@ class BatchManager(ClusterManager):
                  poll_interval: float | None = None, retry_delays: Sequence[float] = (1.0, 5.0),
                  use_array: bool | None = None, throttle: int = 4, profile: str | None = None,
                  python: str | None = None, dir: str | None = None, directives: Sequence[str] = (),
-                 prologue: Sequence[str] = (), **flags: Any) -> None:
+                 prologue: Sequence[str] = (), preempt_signal: str | None = None,
+                 **flags: Any) -> None:
         from ..config import settings_for
 
         if isinstance(np, bool) or not isinstance(np, int) or np < 1:
@@ -182,6 +193,7 @@ class BatchManager(ClusterManager):
 
         self.cores, self.memory = pick("cores", cores), pick("memory", memory)
         self.walltime, self.queue = pick("walltime", walltime), pick("queue", queue)
+        self.walltime_seconds = self.parse_walltime(self.walltime)
         self.account, self.gpus = pick("account", account), pick("gpus", gpus)
         self.job_name = pick("job_name", job_name, "clustermgr")
         self.log_dir = pick("log_dir", log_dir) or default_log_dir(self.scheduler)
@@ -190,6 +202,14 @@ class BatchManager(ClusterManager):
             if name in conf.values:
                 self.origins[name] = conf.origins[name]
         self.env = {**conf.values.get("env", {}), **(env or {})}
+        self.preempt_signal = pick("preempt_signal", preempt_signal)
+        if self.preempt_signal:
+            from ..checkpoint import preempt_signals
+
+            if not preempt_signals(str(self.preempt_signal)):
+                raise ValueError(f"preempt_signal={self.preempt_signal!r} names no signal; "
+                                 "write e.g. 'USR1', 'SIGUSR2' or 'TERM'")
+            self.env["CLUSTERMGR_PREEMPT_SIGNAL"] = str(self.preempt_signal)
         flags = {**conf.values.get("flags", {}), **flags}
         self.directives = [*conf.values.get("directives", []), *directives]
         self.prologue = [*conf.values.get("prologue", []), *prologue]
@@ -209,6 +229,42 @@ class BatchManager(ClusterManager):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.np})"
+
+    def parse_walltime(self, walltime: Any) -> float | None:
+        """*walltime* in seconds as this scheduler reads it (``[D-]HH:MM:SS``, ``A:B``
+        per ``walltime_pair``, a bare number per ``walltime_unit``); None when unset or in
+        a form only the scheduler knows (it then checks it at submission)."""
+        if walltime is None or walltime == "":
+            return None
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+(?:\.\d+)?)(?::(\d+))?(?::(\d+))?", str(walltime).strip())
+        if not match:
+            return None
+        days, a, b, c = match.groups()
+        extra = int(days) * 86400 if days else 0
+        if days and b is None:  # Slurm's days-hours
+            return extra + float(a) * 3600
+        if c is not None:
+            return extra + float(a) * 3600 + int(b) * 60 + int(c)
+        if b is not None:
+            return extra + float(a) * (3600 if days else self.walltime_pair[0]) + int(b) * (
+                60 if days else self.walltime_pair[1])
+        return float(a) * self.walltime_unit
+
+    def ends_at(self, handle: WorkerHandle) -> float | None:
+        """The scheduler's end time for the job when it gives one (``end_time``), else
+        when it started running plus the walltime."""
+        h: BatchHandle = handle  # type: ignore[assignment]
+        told = self.end_time(h)
+        if told is not None:
+            return told
+        if not getattr(h, "running_at", 0.0) or self.walltime_seconds is None:
+            return None
+        return h.running_at + self.walltime_seconds
+
+    def end_time(self, handle: BatchHandle) -> float | None:
+        """The end time the scheduler itself gives a running job (``time.time()``), if
+        it does; None by default."""
+        return None
 
     # --- what subclasses supply ------------------------------------------------------
 
@@ -305,14 +361,15 @@ class BatchManager(ClusterManager):
     def launch(self, spec: LaunchSpec) -> Iterator[BatchHandle]:
         self._spec = spec
         prefix = secrets.token_hex(6)
-        for i in range(self.np):
+        count = self.how_many(spec)
+        for i in range(count):
             spec.expect(f"{prefix}-{i}")
         script = self._write_script(spec, prefix)
         env = {**os.environ, **spec.env, "CLUSTERMGR_MASTER": spec.address,
                "CLUSTERMGR_COOKIE": spec.secret.hex(), "PYTHONUNBUFFERED": "1",
                "CLUSTERMGR_ENCRYPT": "1" if spec.encrypt else ""}
         env.pop("CLUSTERMGR_LAUNCH_ID", None)
-        ids = self.submit_workers(script, prefix, env, spec.dir)
+        ids = self.submit_workers(script, prefix, env, spec.dir, count)
         now = time.monotonic()
         new = [BatchHandle(f"{prefix}-{i}", "?", job, i, "PENDING", "", now, queued=True, script=script)
                for i, job in enumerate(ids)]
@@ -321,14 +378,17 @@ class BatchManager(ClusterManager):
         self._start_polling()
         yield from new
 
-    def submit_workers(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
-        """Submit *script* for ``np`` workers (one array, or one job each); their job ids.
-        *env* holds the secret: it goes to the submit command's environment only."""
+    def submit_workers(self, script: str, prefix: str, env: dict[str, str], cwd: str,
+                       count: int | None = None) -> list[str]:
+        """Submit *script* for *count* workers (default ``np``; one array, or one job
+        each); their job ids.  *env* holds the secret: it goes to the submit command's
+        environment only."""
+        n = self.np if count is None else count
         if not self.use_array:
-            return self._submit_each(script, prefix, env, cwd)
-        job_id = self._submit(script, self.np, prefix, env, cwd)
-        log.info("%s: submitted array job %s for %d workers", self.scheduler, job_id, self.np)
-        return [self.task_id(job_id, i, self.np) for i in range(self.np)]
+            return self._submit_each(script, prefix, env, cwd, n)
+        job_id = self._submit(script, n, prefix, env, cwd)
+        log.info("%s: submitted array job %s for %d workers", self.scheduler, job_id, n)
+        return [self.task_id(job_id, i, n) for i in range(n)]
 
     def run_submit(self, argv: list[str], script: str, env: dict[str, str], cwd: str) -> str:
         """Run one submit command; its stdout.  Override to feed the script on stdin or to
@@ -351,7 +411,8 @@ class BatchManager(ClusterManager):
             except SchedulerCommandError as exc:
                 log.debug("%s cancel: %s", self.scheduler, exc)
 
-    def _submit_each(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
+    def _submit_each(self, script: str, prefix: str, env: dict[str, str], cwd: str,
+                     n: int) -> list[str]:
         """One job per worker, at most ``throttle`` submissions in flight."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -361,7 +422,7 @@ class BatchManager(ClusterManager):
             return self.task_id(job, 0, 1)
 
         with ThreadPoolExecutor(max_workers=self.throttle) as pool:
-            ids = list(pool.map(one, range(self.np)))
+            ids = list(pool.map(one, range(n)))
         log.info("%s: submitted jobs %s", self.scheduler, ", ".join(ids))
         return ids
 
@@ -445,6 +506,7 @@ class BatchManager(ClusterManager):
                               f"(reason: {reason or 'none given'})")
         elif state is JobState.RUNNING:
             h.state = word
+            h.running_at = h.running_at or time.time()
             if h.queued:
                 h.queued = False
                 self._spec.on_running(h)  # type: ignore[union-attr]
@@ -478,6 +540,7 @@ class BatchManager(ClusterManager):
         """A worker that joined runs, whatever the last poll said."""
         if op is ManageOp.REGISTER and isinstance(handle, BatchHandle) and not handle.ended:
             handle.state, handle.queued = "RUNNING", False
+            handle.running_at = handle.running_at or time.time()
             handle.worker_id = worker_id
 
     def kill(self, handle: WorkerHandle, grace: float = 5.0) -> None:

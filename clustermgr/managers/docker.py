@@ -98,7 +98,7 @@ class DockerManager(ClusterManager):
             raise LaunchError(f"image {self.image!r} is not on the docker host; build it "
                               f"(docker build -t {self.image} .) or pull it (docker pull {self.image}) "
                               "first: clustermgr never pulls implicitly") from None
-        for index in range(self.np):
+        for index in range(self.how_many(spec)):
             launch_id = f"{self.tag}-{index}"
             name = f"clustermgr-{launch_id}"
             try:

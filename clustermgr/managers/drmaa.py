@@ -84,6 +84,8 @@ class DRMAAManager(BatchManager):
     the native specification.
     """
 
+    scalable = False  # one session prefix names the logs of its one bulk job
+
     scheduler = "DRMAA"
     directive = "#"
     states: ClassVar[dict[str, JobState]] = {
@@ -112,7 +114,8 @@ class DRMAAManager(BatchManager):
     def index_expression(self) -> str:
         return f"$(( ${{{self.array_index_var}:-1}} - 1 ))"  # bulk tasks are counted from 1
 
-    def submit_workers(self, script: str, prefix: str, env: dict[str, str], cwd: str) -> list[str]:
+    def submit_workers(self, script: str, prefix: str, env: dict[str, str], cwd: str,
+                       count: int | None = None) -> list[str]:
         """One ``runBulkJobs(1..np)``; the job template carries the worker's environment."""
         os.chmod(script, 0o700)
         drmaa = _import_drmaa()
@@ -130,7 +133,7 @@ class DRMAAManager(BatchManager):
                 jt.joinFiles = True
                 jt.nativeSpecification = self.native_specification
                 try:
-                    ids = list(self._session.runBulkJobs(jt, 1, self.np, 1))
+                    ids = list(self._session.runBulkJobs(jt, 1, self.np if count is None else count, 1))
                 except drmaa.errors.DrmaaException as exc:
                     raise SchedulerCommandError(["runBulkJobs", self.native_specification], 1, "",
                                                 f"DRMAA: {exc}") from exc

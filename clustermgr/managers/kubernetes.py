@@ -33,6 +33,8 @@ class KubernetesManager(BatchManager):
     ``pod_overrides`` is merged into each pod's ``spec`` (node selectors, tolerations, ...).
     """
 
+    scalable = False  # its pods are named by one tag and an index
+
     scheduler = "Kubernetes"
     queue_timeout_name = "pending_timeout"
     fatal_submit_errors = r"BadRequest|error:"  # an invalid manifest: no retry can fix it

@@ -120,6 +120,8 @@ class LocalManager(ClusterManager):
     0..np-1, the workers that worker *i* may call.
     """
 
+    scalable = True
+
     def __init__(self, np: int | None = None, *, peers: dict[int, set[int]] | None = None,
                  fork_server: bool = True) -> None:
         if np is None:
@@ -151,9 +153,10 @@ class LocalManager(ClusterManager):
             self.log_dir = tempfile.mkdtemp(prefix="clustermgr-logs-")
             self._watcher = _ExitWatcher(spec, self)
         base_env = {**os.environ}
-        server = self._fork_server(spec)
+        count = self.how_many(spec)
+        server = self._fork_server(spec, count)
         try:
-            for index in range(self.np):
+            for index in range(count):
                 launch_id = secrets.token_hex(8)
                 log_path = os.path.join(self.log_dir, f"worker-{launch_id}.log")
                 env = {**base_env, **spec.environment(launch_id), **self.worker_env(index),
@@ -175,12 +178,12 @@ class LocalManager(ClusterManager):
             if server is not None:
                 server.done()
 
-    def _fork_server(self, spec: LaunchSpec) -> Any:
+    def _fork_server(self, spec: LaunchSpec, count: int) -> Any:
         """A fork server when the workers would run this very interpreter, unchanged:
         same executable, no interpreter flags or PYTHON* variables, the plain command."""
         import sys
 
-        plain = (self.fork_server and self.np >= 2 and spec.python == sys.executable
+        plain = (self.fork_server and count >= 2 and spec.python == sys.executable
                  and not spec.exeflags and not any(k.startswith("PYTHON") for k in spec.env)
                  and type(self).worker_command is LocalManager.worker_command)
         if not plain:

@@ -37,6 +37,9 @@ class LSFManager(BatchManager):
     ``retry_delays`` (exponential back-off by default).
     """
 
+    walltime_unit = 60.0  # bsub -W 30 is thirty minutes; -W 1:30 an hour and a half
+    walltime_pair = (3600.0, 60.0)
+
     scheduler = "LSF"
     directive = "#BSUB"
     job_id_regexp = r"Job <(?P<job_id>\d+)> is submitted"

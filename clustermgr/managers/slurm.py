@@ -19,7 +19,9 @@ class SlurmManager(BatchManager):
     Keywords other than the common ``BatchManager`` options become sbatch/srun flags by
     ClusterManagers.jl's rule (see ``batch.flag``).  ``allocation=None`` detects whether this
     process runs inside a Slurm allocation (then workers are ``srun`` steps in it);
-    ``True``/``False`` force one way.
+    ``True``/``False`` force one way.  ``preempt_signal="USR1", preempt_warning=120``: Slurm
+    signals the worker (the batch shell, which is the worker: the script ``exec``s it) 120 s
+    before its end or at preemption (``--signal=B:USR1@120``), and it drains.
     """
 
     scheduler = "Slurm"
@@ -40,12 +42,22 @@ class SlurmManager(BatchManager):
                                         "SPECIAL_EXIT", "STOPPED")},
     }
 
-    def __init__(self, np: int, *, allocation: bool | None = None, **kwargs: Any) -> None:
+    walltime_unit = 60.0  # sbatch --time=5 is five minutes, --time=5:30 five and a half
+    walltime_pair = (60.0, 1.0)
+
+    def __init__(self, np: int, *, allocation: bool | None = None, preempt_warning: int | None = None,
+                 **kwargs: Any) -> None:
         if "partition" in kwargs and "queue" not in kwargs:
             kwargs["queue"] = kwargs.pop("partition")
         super().__init__(np, **kwargs)
+        if preempt_warning is not None:  # Slurm sends the signal that long before the end
+            if not self.preempt_signal:
+                raise ValueError("preempt_warning= needs preempt_signal= (the signal Slurm sends)")
+            sig = str(self.preempt_signal).upper().removeprefix("SIG")
+            self.directives.append(f"--signal=B:{sig}@{int(preempt_warning)}")
         self.allocation = bool(os.environ.get("SLURM_JOB_ID")) if allocation is None else allocation
         self._steps: _SrunSteps | None = None
+        self._end_times: dict[str, float] = {}  # job id -> Slurm's EndTime of a running job
 
     resource_templates: ClassVar[dict[str, str]] = {
         "job_name": "--job-name={}", "cores": "--cpus-per-task={}", "memory": "--mem={}",
@@ -86,7 +98,7 @@ class SlurmManager(BatchManager):
 
     def status_argv(self) -> list[str]:
         return ["squeue", "--noheader", "--array", "--states=all", f"--user={getpass.getuser()}",
-                "--format=%i|%T|%r"]
+                "--format=%i|%T|%r|%e"]
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["scancel", *job_ids]
@@ -95,9 +107,18 @@ class SlurmManager(BatchManager):
         table = {}
         for line in text.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3:
+            if len(parts) in (3, 4):
                 table[parts[0]] = (parts[1], "" if parts[2] == "None" else parts[2])
+            if len(parts) == 4 and parts[1] == "RUNNING":
+                end = _slurm_time(parts[3])
+                if end is not None:
+                    self._end_times[parts[0]] = end
         return table
+
+    def end_time(self, handle: Any) -> float | None:
+        """Slurm's own EndTime for the running job (squeue ``%e``): it knows of time
+        limits changed by an admin, or a deadline."""
+        return self._end_times.get(getattr(handle, "job_id", ""))
 
     def task_id(self, job_id: str, index: int, n: int) -> str:
         return f"{job_id}_{index}" if self.use_array else job_id
@@ -137,6 +158,16 @@ class _SrunSteps(LocalManager):
         flags = [f for name, value in self.slurm.flags.items() for f in flag(name, value)]
         cores = [f"--cpus-per-task={self.slurm.cores}"] if self.slurm.cores else []
         return ["srun", "--ntasks=1", "--nodes=1", "--exact", *cores, *flags, *spec.argv()]
+
+
+def _slurm_time(text: str) -> float | None:
+    """squeue's ``2026-12-05T01:02:03`` (local time) as ``time.time()`` seconds."""
+    import time
+
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # N/A, Unknown, NONE
+        return None
 
 
 def addprocs_slurm(np: int, **kwargs: Any) -> list[int]:

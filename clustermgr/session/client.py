@@ -9,6 +9,7 @@ once the daemon has ended.  Closing or killing the client never affects the sess
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import secrets
@@ -129,7 +130,11 @@ def daemon_alive(sdir: Path) -> bool:
 
 
 def _spawn_daemon(sdir: Path) -> None:
-    starter = subprocess.Popen([sys.executable, "-m", "clustermgr.session.daemon", str(sdir)],
+    # Imported, not run as __main__: what the daemon sends its workers (run_payloads)
+    # then goes by reference, and a worker imports the module (checkpoint.py finds the
+    # running task in its frames) instead of getting a copy of the code with every batch.
+    starter = subprocess.Popen([sys.executable, "-c", "from clustermgr.session.daemon import main; main()",
+                                str(sdir)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True, cwd=str(sdir))
     starter.wait(60)  # it forks the daemon and exits at once
@@ -170,13 +175,20 @@ def start_session(name: str | None = None, manager: Any = None, nworkers: int = 
                   log_dir: str | None = None, print_logs: bool = False, nowait: bool = False, *,
                   resources: dict[str, Any] | None = None, max_attempts: int = 3,
                   python: str | None = None, program: dict[str, Any] | None = None,
-                  flags: dict[str, Any] | None = None, timeout: float = 300.0) -> Session:
+                  flags: dict[str, Any] | None = None, timeout: float = 300.0,
+                  adaptive: tuple[int, int] | dict[str, Any] | None = None) -> Session:
     """Start a session daemon with *nworkers* workers; returns once they joined (at once
-    with ``nowait=True``).  See the README's "Sessions" for every option."""
+    with ``nowait=True``).  ``adaptive=(minimum, maximum)`` (or a dict of ``adapt``
+    keywords): instead of *nworkers*, the daemon's workers follow its pending tasks
+    (``clustermgr.adapt``); ``release_after`` is then adapt's ``idle_timeout``.  See the
+    README's "Sessions" for every option."""
     # Everything is checked before anything is created: a start that fails leaves nothing.
     if isinstance(nworkers, bool) or not isinstance(nworkers, int) or nworkers < 0:
         raise ValueError(f"nworkers must be an int >= 0, not {nworkers!r}")
     manager_blob = _pickle_manager(manager, dict(resources or {}), dict(flags or {}))
+    adapt_options = _adapt_options(adaptive, release_after)
+    if adapt_options is not None:
+        nworkers = adapt_options["minimum"]
     file_data = {os.path.basename(f): _read(f, "files", binary=True).hex() for f in files}
     code = [_read(f, "code_files") for f in code_files]
     if program and program.get("kind") == "script" and not os.path.isfile(program["script"]):
@@ -205,6 +217,7 @@ def start_session(name: str | None = None, manager: Any = None, nworkers: int = 
                       release_after=release_after, session_timeout=session_timeout,
                       absolute_timeout=absolute_timeout, env=dict(env or {}), max_attempts=max_attempts,
                       manager=manager_blob, python=python, files=file_data, code=code, program=program,
+                      adaptive=adapt_options,
                       sys_path=[p for p in sys.path if p],  # the client's modules, importable there
                       dir=str(sdir / "work"))
             store.event("created", name=name or sid, workers=nworkers)
@@ -220,6 +233,31 @@ def start_session(name: str | None = None, manager: Any = None, nworkers: int = 
     if not nowait and nworkers:
         session.wait_for_workers(1 if program else nworkers, timeout=timeout)
     return session
+
+
+def _adapt_options(adaptive: Any, release_after: float | None) -> dict[str, Any] | None:
+    """``start_session``'s ``adaptive=`` as the daemon's ``adapt`` keywords (checked here,
+    before anything starts)."""
+    if adaptive is None:
+        return None
+    if isinstance(adaptive, dict):
+        options = dict(adaptive)
+    elif isinstance(adaptive, (tuple, list)) and len(adaptive) == 2:
+        options = {"minimum": adaptive[0], "maximum": adaptive[1]}
+    else:
+        raise TypeError(f"adaptive= takes (minimum, maximum) or a dict of adapt() keywords, not {adaptive!r}")
+    options.setdefault("minimum", 0)
+    if release_after is not None:
+        options.setdefault("idle_timeout", float(release_after))
+    from ..adaptive import Adaptive
+    from ..managers.local import LocalManager
+
+    try:
+        json.dumps(options)
+        Adaptive(LocalManager(1), **options)  # the same checks as the daemon's (starts nothing)
+    except TypeError as exc:
+        raise TypeError(f"adaptive=: {exc}") from None
+    return options
 
 
 def attach_session(session: str, resume: bool = False, timeout: float = 30.0) -> Session:

@@ -31,6 +31,8 @@ from typing import Any
 
 import cloudpickle
 
+from ..checkpoint import Preempted, task_frame
+from ..transport import current_node
 from .control import Server, read_credential, write_private
 from .store import Store
 
@@ -51,6 +53,9 @@ def run_payload(payload: bytes) -> tuple:
     try:
         fn, args, kwargs = cloudpickle.loads(payload)
         return ("ok", cloudpickle.dumps(fn(*args, **kwargs)))
+    except Preempted as exc:  # its checkpoint: the task's new payload, to run elsewhere
+        again = exc.resume
+        return ("resume", cloudpickle.dumps((again.fn, again.args, again.kwargs)))
     except BaseException as exc:  # noqa: BLE001 - every error is the task's outcome
         return ("err", f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
                 str(exc), "".join(traceback.format_exception(exc)))
@@ -79,8 +84,18 @@ class PickledFunction:
 
 
 def run_payloads(payloads: list[bytes]) -> list[tuple]:
-    """On a worker: run a batch of tasks, each as :func:`run_payload` (one outcome each)."""
-    return [run_payload(p) for p in payloads]
+    """On a worker: run a batch of tasks, each as :func:`run_payload` (one outcome each).
+    After a task was preempted, the rest of the batch is handed back unstarted."""
+    out: list[tuple] = []
+    for p in payloads:
+        out.append(run_payload(p) if not out or out[-1][0] != "resume" else ("requeue",))
+        if out[-1][0] == "resume":
+            out.extend([("requeue",)] * (len(payloads) - len(out)))
+            break
+    return out
+
+
+task_frame(run_payload, ("fn", "args", "kwargs"))  # a preempted worker checkpoints the task
 
 
 def setup_worker(files: dict[str, bytes], code: list[str]) -> None:
@@ -116,6 +131,8 @@ class Daemon:
         self.ending = False
         self.last_activity = time.time()
         self.program: threading.Thread | None = None
+        self.adaptive: Any = None  # with start_session(adaptive=...): its workers follow the tasks
+        self.pending_tasks = 0  # tasks waiting (for adapt; counted every _check_deadlines)
 
     # --- life --------------------------------------------------------------------------
 
@@ -136,8 +153,11 @@ class Daemon:
                  os.getpid(), self.server.port, interrupted)
         from ..cluster import node
 
-        node().listeners.append(lambda kind, wid: self.post("arrived", wid) if kind == "join" else None)
-        self._grow(self.target)
+        node().listeners.append(self._cluster_event)
+        if self.meta.get("adaptive"):
+            self._adapt(self.meta["adaptive"])
+        else:
+            self._grow(self.target)
         import zmq
 
         poller = zmq.Poller()
@@ -249,6 +269,37 @@ class Daemon:
             return LocalManager
         return cloudpickle.loads(bytes.fromhex(blob))
 
+    def _cluster_event(self, kind: str, wid: int) -> None:
+        """A node listener (the I/O thread): a worker joined, or left (an idle one too:
+        retired by adapt, or its job ended)."""
+        if kind == "join":
+            self.post("arrived", wid)
+        elif kind == "leave":
+            self.post("left", wid)
+
+    def _adapt(self, options: dict[str, Any]) -> None:
+        """``start_session(adaptive=...)``: an adapt of one manager from the session's
+        factory follows the pending tasks (``backlog``); workers that join are set up and
+        used as any other (``arrived``), and are not counted as ``starting``."""
+        from ..adaptive import adapt, add_backlog
+
+        self.pending_tasks = self.store.count_pending()
+        add_backlog(self)
+        self.adaptive = adapt(self._factory()(1), **options, **self._launch_options())
+        self.store.event("adapting", **{k: v for k, v in options.items() if k in ("minimum", "maximum")})
+
+    def backlog(self) -> int:
+        """Tasks waiting for a worker (read by adapt, from its thread)."""
+        return self.pending_tasks
+
+    def _launch_options(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"env": self.store.get("env") or {}}
+        if self.store.get("dir"):
+            kw["dir"] = self.store.get("dir")
+        if self.store.get("python"):
+            kw["python"] = self.store.get("python")
+        return kw
+
     def _grow(self, n: int) -> None:
         if n <= 0:
             return
@@ -265,11 +316,7 @@ class Daemon:
 
         ids: list[int] = []
         try:
-            kw: dict[str, Any] = {"env": self.store.get("env") or {}, "min_workers": 1}
-            if self.store.get("dir"):
-                kw["dir"] = self.store.get("dir")
-            if self.store.get("python"):
-                kw["python"] = self.store.get("python")
+            kw: dict[str, Any] = {**self._launch_options(), "min_workers": 1}
             try:
                 ids = cm.addprocs(self._factory()(n), **kw)
             except cm.LaunchError as exc:
@@ -291,9 +338,14 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - that worker is unusable
             self.post("launch_error", f"worker {wid} setup failed: {exc}")
             cm.rmprocs(wid, waitfor=0)
-            self.post("joined", (1, []))
+            self.post("joined", (self._counted(), []))
             return
-        self.post("joined", (1, [wid]))
+        self.post("joined", (self._counted(), [wid]))
+
+    def _counted(self) -> int:
+        """How much a worker that arrived takes off ``starting``: adapt's workers were
+        never counted in it."""
+        return 0 if self.adaptive is not None else 1
 
     def _stop_launches(self) -> None:
         """The session ends while jobs still wait in a queue: cancel them (every manager
@@ -307,6 +359,10 @@ class Daemon:
     def _scale(self, n: int) -> dict:
         if n < 0:
             raise ValueError("scale needs a number of workers >= 0")
+        if self.adaptive is not None:
+            raise ValueError(f"this session adapts its workers to its tasks (between "
+                             f"{self.adaptive.minimum} and {self.adaptive.maximum}); scale does not "
+                             "apply: start a session without adaptive= to set a number")
         now = len(self.workers) + self.starting - len(self.removing)
         self.target = n
         self.store.set(nworkers=n)
@@ -354,7 +410,10 @@ class Daemon:
         from ..calls import remotecall
 
         depth = self._in_flight()
+        draining = getattr(current_node(), "draining", None) or {}
         for wid in sorted(self.workers - self.removing):
+            if wid in draining:  # adapt retires it, or its walltime nears
+                continue
             while len(self.busy.get(wid, ())) < depth:
                 claimed = self.store.claim_many(wid, self._batch_size())
                 if not claimed:
@@ -400,7 +459,7 @@ class Daemon:
                     self._batch_done(wid, tasks, outcomes, None)
             elif kind == "arrived":
                 if self.ending:  # no use for it: it goes (and no longer counts as starting)
-                    self.starting -= 1
+                    self.starting -= self._counted()
                     self._remove([what])
                 else:
                     threading.Thread(target=self._arrived, args=(what,), daemon=True,
@@ -416,6 +475,12 @@ class Daemon:
                     self.store.event("worker joined", worker=wid)
             elif kind == "removed":
                 self.removing.difference_update(what)
+            elif kind == "left" and what in self.workers and what not in self.busy:
+                self.workers.discard(what)  # idle when it went: no task to put back
+                if what not in self.removing:
+                    self.store.event("worker left", worker=what)
+                    if not self.ending and not self.released and self.adaptive is None:
+                        self._grow(1)  # keep the worker count (adapt keeps its own)
             elif kind == "launch_error":
                 self.store.event("launch error", error=what)
                 log.error("session: %s", what)
@@ -444,12 +509,12 @@ class Daemon:
             self.isolate = max(0, self.isolate - len(tasks))
         elif isinstance(exc, ProcessExitedError):
             self.lost.add(wid)
-            removed = wid in self.removing
-            if not removed:
-                self.workers.discard(wid)
-                self.store.event("worker lost", worker=wid, cause=exc.cause)
-                if not self.ending and not self.released:
-                    self._grow(1)  # keep the worker count
+            removed = wid in self.removing or bool(exc.infrastructure)  # not the tasks' doing
+            self.workers.discard(wid)
+            if wid not in self.removing:
+                self.store.event("worker lost", worker=wid, cause=str(exc))
+                if not self.ending and not self.released and self.adaptive is None:
+                    self._grow(1)  # keep the worker count (adapt keeps its own)
             if not held_alone and not removed:
                 # Which task killed the worker is unknown (it held other batches, and a
                 # finished one's result may have died with it): none is charged an
@@ -485,6 +550,9 @@ class Daemon:
         elif idle_limit is not None and now > self.last_activity + float(idle_limit) + extended \
                 and not self.busy:
             self._end(f"session_timeout ({idle_limit} s without activity) reached")
+        if self.adaptive is not None:  # adapt's idle_timeout plays release_after's part
+            self.pending_tasks = self.store.count_pending()
+            return
         release = meta.get("release_after")
         counts_pending = self.busy or self.store.has_pending()
         if release is not None and self.workers and not counts_pending and not self.released \

@@ -112,8 +112,17 @@ class Store:
         claim.  A failed task's event is written in the same transaction."""
         now = time.time()
         done = [(o[1], now, t, worker) for t, o in outcomes if o[0] == "ok"]
-        bad = [(now, o[1], o[2], o[3], t, worker) for t, o in outcomes if o[0] != "ok"]
+        bad = [(now, o[1], o[2], o[3], t, worker) for t, o in outcomes if o[0] == "err"]
+        resumed = [(o[1], t, worker) for t, o in outcomes if o[0] == "resume"]
+        back = [(t, worker) for t, o in outcomes if o[0] == "requeue"]
         with self.db:
+            if resumed:  # preempted with a checkpoint: it runs from there, uncharged
+                self.db.executemany("UPDATE tasks SET state = 'pending', worker = NULL, payload = ?, "
+                                    "attempts = attempts - 1 WHERE id = ? AND state = 'running' "
+                                    "AND worker = ?", resumed)
+            if back:  # not started (after a preemption in its batch)
+                self.db.executemany("UPDATE tasks SET state = 'pending', worker = NULL, attempts = "
+                                    "attempts - 1 WHERE id = ? AND state = 'running' AND worker = ?", back)
             self.db.executemany("UPDATE tasks SET state = 'completed', result = ?, finished = ? "
                                 "WHERE id = ? AND state = 'running' AND worker = ?", done)
             if bad:
@@ -150,6 +159,9 @@ class Store:
 
     def has_pending(self) -> bool:
         return self.db.execute("SELECT 1 FROM tasks WHERE state = 'pending' LIMIT 1").fetchone() is not None
+
+    def count_pending(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'pending'").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)

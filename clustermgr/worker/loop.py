@@ -19,6 +19,7 @@ knows this worker (``clustermgr worker`` then joins it afresh).
 from __future__ import annotations
 
 import collections
+import contextlib
 import faulthandler
 import io
 import os
@@ -100,6 +101,12 @@ class WorkerNode(Node):
         self.leaving = False
         self.restarted = False
         self._pool: Any = None
+        # The scheduler's preemption warning (a signal, see on_preempt): its name once it
+        # came; told: the master heard, queued calls went back, the worker leaves when idle
+        self.preempted = ""
+        self._preempt_told = False
+        self._leave_asked = False
+        self._checkpointed = 0  # task_seq of the task checkpointed (one hook call per task)
 
     # --- handshake (main thread, before the I/O thread starts) ------------------------
 
@@ -176,6 +183,9 @@ class WorkerNode(Node):
             self._bundled = False
 
     def _on_call(self, hdr: Header, frames: list) -> None:
+        if self._preempt_told:  # it is leaving: the caller sends the call elsewhere
+            self.send([pack_header(Kind.RESULT, Flag.REVOKED, self.myid, hdr.src, 0, hdr.id), b""])
+            return
         if threading.get_ident() != self._main:
             with self._revoke_lock:
                 self._unstarted.add((hdr.src, hdr.id))
@@ -247,6 +257,50 @@ class WorkerNode(Node):
             self._signal_main()
         else:
             self.interrupting = None
+
+    def on_preempt(self, signum: int, frame: Any) -> None:
+        """The scheduler's preemption warning (``CLUSTERMGR_PREEMPT_SIGNAL``), on the main
+        thread.  Only flags it for the I/O thread (which tells the master and hands back the
+        queued calls: a handler must not take the link's lock), and, while a task runs that
+        offers ``checkpoint()``, calls it and raises ``Preempted`` into the task, so that
+        its caller runs the returned ``Resume`` elsewhere (``clustermgr.checkpoint``)."""
+        from ..checkpoint import Preempted, running_call
+
+        self.preempted = self.preempted or signal.Signals(signum).name
+        with contextlib.suppress(OSError):
+            os.write(self.link._w, b"p")  # wake the reader (no lock: it may hold it now)
+        if not self.in_user_code or self._checkpointed == self.task_seq:
+            return
+        call = running_call(frame)
+        hook = getattr(call[0], "checkpoint", None) if call else None
+        if not callable(hook):
+            return  # it runs on: it ends within the warning time, or is re-queued
+        self._checkpointed = self.task_seq
+        resume = hook(*call[1], **call[2])
+        if resume is not None:
+            raise Preempted(resume)
+
+    def _after_preempt(self) -> None:
+        """After the warning (the link's reader, or the I/O thread while the main thread
+        reads): tell the master (no new calls come), hand back every call not started (its
+        caller sends it elsewhere), leave once idle."""
+        with self._revoke_lock:  # the reader and the I/O thread may both come here
+            first, self._preempt_told = not self._preempt_told, True
+            keys, self._unstarted = list(self._unstarted), set()
+            self._revoked.update(keys)
+        if first:
+            self.send_msg(Kind.PREEMPT, P.MASTER_ID, (P.dump_json({"signal": self.preempted}),))
+        if keys:
+            for src, mid in keys:
+                self.send([pack_header(Kind.RESULT, Flag.REVOKED, self.myid, src, 0, mid), b""])
+        if not self.running and not self._leave_asked:
+            self._leave_asked = True
+            self.inbox.put(_SHUTDOWN)
+            self.link.wake()
+
+    def _after_drain(self) -> None:
+        if self.preempted and not self._leave_asked:
+            self._after_preempt()
 
     def _tick(self, now: float) -> None:
         if self.interrupting:
@@ -409,6 +463,8 @@ class WorkerNode(Node):
         try:
             seen = -1
             while not self._stopping.wait(TAKEOVER_AFTER):
+                if self.preempted:
+                    self._after_preempt()
                 seq = self.task_seq
                 if self.running and seq == seen and not self._main_reads \
                         and self.link.take_role(blocking=False):
@@ -500,7 +556,13 @@ def run_worker(address: str, secret: bytes, launch_id: str = "", connect_timeout
     # A crash in C (a segfault, an abort) leaves the Python stacks in the log, whose tail the
     # master's ProcessExitedError carries; kill -USR1 prints them on demand.
     faulthandler.enable(all_threads=True)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    from ..checkpoint import preempt_signals
+
+    warnings = preempt_signals(os.environ.get("CLUSTERMGR_PREEMPT_SIGNAL", ""))
+    if signal.SIGUSR1 not in warnings:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    for sig in warnings:
+        signal.signal(sig, node.on_preempt)
     sys.path[:0] = [p for p in welcome.get("sys_path", []) if p not in sys.path]
     set_current_node(node)
     signal.signal(signal.SIGINT, node.on_sigint)
